@@ -1,0 +1,1 @@
+"""Classifier builders. Each registers itself and returns a `Classifier`."""

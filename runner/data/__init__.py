@@ -1,0 +1,1 @@
+"""Dataset adapters, the labeled/validation split, and on-device batches with augmentation."""

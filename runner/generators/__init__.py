@@ -1,0 +1,1 @@
+"""Generator adapters behind one interface (`runner.generators.base.Generator`)."""

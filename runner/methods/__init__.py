@@ -1,0 +1,1 @@
+"""Training methods: supervised, FixMatch, the generative baselines, and the method."""

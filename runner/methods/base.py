@@ -1,0 +1,68 @@
+"""The method contract the loop drives: phase (i) `meta_phase`, phase (ii) `ssl_loss`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from runner.classifiers.base import Classifier
+
+if TYPE_CHECKING:
+    from runner.data.device_data import DeviceData
+    from runner.generators.base import Generator
+    from runner.tracking import Tracker
+    from schemas import Recipe
+
+
+@dataclass
+class TrainContext:
+    """Everything a method may use. The loop owns the classifier's optimizer, scheduler and EMA."""
+
+    recipe: Recipe
+    classifier: Classifier
+    data: DeviceData
+    generator: Generator | None
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager[Any]]
+    current_lr: Callable[[], float]
+    seed: int
+
+
+class Method:
+    """Base method: supervised cross-entropy. Subclasses add an unsupervised term and/or a meta phase."""
+
+    has_meta_phase = False
+    uses_generator = False
+
+    def __init__(self, config: Any, ctx: TrainContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    def supervised_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, _ = self.ctx.classifier(images)
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"loss/sup": loss.detach()}
+
+    def ssl_loss(
+        self, iteration: int, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Phase (ii): the loss to minimise this iteration, given a weakly augmented labeled batch."""
+        return self.supervised_loss(images, labels)
+
+    def meta_phase(self, iteration: int, steps: int) -> dict[str, Any]:
+        """Phase (i): `steps` updates of whatever the method meta-learns. No-op by default."""
+        return {}
+
+    def log_artifacts(self, iteration: int, tracker: Tracker) -> None:
+        """Log method-specific pictures (sample grids) at evaluation time."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

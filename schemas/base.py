@@ -1,0 +1,11 @@
+"""Shared base for every recipe block."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Block(BaseModel):
+    """A recipe block. Unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())

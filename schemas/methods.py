@@ -1,0 +1,94 @@
+"""The `method` block: supervised, FixMatch, the generative baselines, and the method itself.
+
+Defaults for the generative method are this project's reading of the paper (see
+docs/METHOD.md), not settings verified against its full text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from schemas.base import Block
+
+
+class MethodBase(Block):
+    pass
+
+
+class Supervised(MethodBase):
+    """Cross-entropy on the labeled set only."""
+
+    name: Literal["supervised"] = "supervised"
+
+
+class FixMatch(MethodBase):
+    """FixMatch with *real* unlabeled data (the images outside the labeled set, or STL-10's unlabeled split)."""
+
+    name: Literal["fixmatch"] = "fixmatch"
+    lambda_u: float = Field(default=1.0, ge=0.0)
+    threshold: float = Field(default=0.95, ge=0.0, le=1.0)
+    unlabeled_batch_size: PositiveInt = Field(default=128, description="unlabeled images per step (mu * B)")
+
+
+class LatentInit(Block):
+    """How the latent bank Lambda = {(z_j, a_j)} starts."""
+
+    bank_size: PositiveInt = Field(default=1024, description="M, the number of latents in the bank")
+    truncation: PositiveFloat | None = Field(default=None, le=4.0, description="resample |z| above this")
+    classes: Literal["random", "uniform", "pseudo"] = Field(
+        default="random",
+        description="class logits a_j: random normal, all-equal, or pseudo-conditional from a source classifier",
+    )
+    temperature: PositiveFloat = Field(default=1.0, description="tau in c_j = softmax(a_j / tau)")
+
+
+class Generative(MethodBase):
+    """The generative baseline: synthetic unlabeled samples from *fixed* latents (no phase (i))."""
+
+    name: Literal["generative"] = "generative"
+    unsup_loss: Literal["feature_cosine", "fixmatch", "none"] = "feature_cosine"
+    lambda_u: float = Field(default=1.0, ge=0.0)
+    stop_grad: bool = True
+    threshold: float = Field(default=0.95, ge=0.0, le=1.0, description="confidence threshold for unsup_loss=fixmatch")
+    unlabeled_batch_size: PositiveInt = Field(default=128, description="synthetic images per SSL step")
+    latents: LatentInit = LatentInit()
+    grid_every: PositiveInt | None = Field(
+        default=None, description="log a sample grid of the bank every N iterations; default: at eval periods"
+    )
+
+
+class Meta(Block):
+    """Phase (i): the meta-step on the latents."""
+
+    lr: PositiveFloat = Field(default=0.05, description="beta, Adam learning rate of the latents")
+    virtual_lr: PositiveFloat | None = Field(
+        default=None, description="eta of the virtual step; default: the classifier's learning rate"
+    )
+    gradient: Literal["exact", "finite_difference"] = "finite_difference"
+    fd_epsilon: PositiveFloat = Field(default=0.01, description="epsilon scale of the finite-difference meta-gradient")
+    scope: Literal["all", "last_blocks"] = "all"
+    scope_blocks: PositiveInt = Field(default=1, description="with scope=last_blocks: how many feature blocks")
+    resemblance: Literal["mmd", "mean_feature_l2", "nearest_cosine", "none"] = "mmd"
+    lambda_r: float = Field(default=1.0, ge=0.0)
+    latent_batch_size: PositiveInt = Field(default=64, description="latents per meta-step")
+    validation_batch_size: PositiveInt = 64
+    latent_constraint: Literal["none", "renormalize", "clip"] = "renormalize"
+    clip: PositiveFloat = Field(default=3.0, description="with latent_constraint=clip: |z| bound")
+
+
+class MetaSSL(Generative):
+    """The method: meta-optimized latents (phase i) plus SSL with the feature-cosine loss (phase ii)."""
+
+    name: Literal["metassl"] = "metassl"  # type: ignore[assignment]
+    meta: Meta = Meta()
+
+    @model_validator(mode="after")
+    def _meta_needs_a_virtual_loss(self) -> MetaSSL:
+        if self.unsup_loss == "none" and self.meta.resemblance == "none":
+            raise ValueError("method.unsup_loss 'none' with meta.resemblance 'none' leaves phase (i) nothing to do")
+        return self
+
+
+METHOD_CONFIGS: tuple[type[MethodBase], ...] = (Supervised, FixMatch, Generative, MetaSSL)
