@@ -70,7 +70,9 @@ class Tracking(Block):
 
 class Runtime(Block):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = Field(default="bf16", description="autocast dtype on CUDA; CPU is fp32")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="bf16", description="autocast dtype on CUDA; CPU is fp32"
+    )
     threads: PositiveInt | None = Field(default=None, description="torch CPU threads; default: torch's choice")
     deterministic: bool = Field(default=True, description="deterministic algorithms (CPU runs repeat exactly)")
     compile: bool = Field(default=False, description="torch.compile the classifier (CUDA only)")
