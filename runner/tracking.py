@@ -1,0 +1,202 @@
+"""The one module that talks to MLflow: one `Tracker` per run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from schemas import UserError
+from schemas.training import Tracking
+
+PARENT_TAG = "mlflow.parentRunId"
+RECIPE_ARTIFACT = "recipe.yaml"
+
+
+def _client(tracking: Tracking) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, tracking: Tracking) -> str:
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (Path(tracking.artifact_root) / tracking.experiment).resolve()
+    location.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(tracking.experiment, artifact_location=location.as_uri())
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (MLflow params are flat)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _scalar(value: Any) -> float:
+    return float(value.item()) if hasattr(value, "item") else float(value)
+
+
+class Tracker:
+    """Logs one MLflow run. Open it with `Tracker.open(...)`, which ends the run with the right status."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls,
+        tracking: Tracking,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        resume_run_id: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> Iterator[Tracker]:
+        """Start (or resume) a run; mark it FINISHED, FAILED, or KILLED (Ctrl-C) when the block ends."""
+        client = _client(tracking)
+        if resume_run_id is not None:
+            client.update_run(resume_run_id, status="RUNNING")
+            run_id = resume_run_id
+        else:
+            all_tags = dict(tags or {})
+            if parent_run_id:
+                all_tags[PARENT_TAG] = parent_run_id
+            run = client.create_run(_experiment_id(client, tracking), tags=all_tags, run_name=run_name)
+            run_id = run.info.run_id
+        tracker = cls(client, run_id)
+        try:
+            yield tracker
+        except KeyboardInterrupt:
+            client.set_terminated(run_id, status="KILLED")
+            raise
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+
+    @property
+    def artifact_dir(self) -> Path:
+        """The run's local artifact folder (the store is local: `mlruns/`)."""
+        return local_artifact_dir(self.client, self.run_id)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)[:6000]) for key, value in flatten(params).items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, _scalar(value), now, step) for key, value in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_image_grid(self, images: Any, artifact_file: str, nrow: int | None = None) -> None:
+        """Log `N x C x H x W` images in [0, 1] as one PNG grid."""
+        import math
+
+        from torchvision.utils import make_grid, save_image
+
+        images = images.detach().float().cpu().clamp(0, 1)
+        grid = make_grid(images, nrow=nrow or max(1, int(math.sqrt(len(images)))), padding=2, pad_value=1.0)
+        buffer = io.BytesIO()
+        save_image(grid, buffer, format="png")
+        target = self.artifact_dir / artifact_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buffer.getvalue())
+
+    def get_run(self) -> Any:
+        return self.client.get_run(self.run_id)
+
+
+def local_artifact_dir(client: Any, run_id: str) -> Path:
+    uri = client.get_run(run_id).info.artifact_uri
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        raise UserError(f"run {run_id} keeps artifacts at {uri}; metassl needs a local artifact store (mlruns/)")
+    path = Path(unquote(parsed.path))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def find_run(tracking: Tracking, run_id: str) -> tuple[Any, Any]:
+    """(client, run) for a run id, or a one-line UserError."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking)
+    try:
+        return client, client.get_run(run_id)
+    except MlflowException:
+        raise UserError(
+            f"run '{run_id}' not found in {tracking.tracking_uri}; list runs with `metassl runs` or open `metassl ui`"
+        ) from None
+
+
+def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> str | None:
+    """The newest run of this recipe that did not finish (to continue with `--resume RECIPE`)."""
+    client = _client(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`metassl.recipe_hash` = '{recipe_hash}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def list_runs(tracking: Tracking, max_results: int = 20) -> list[Any]:
+    client = _client(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        return []
+    return list(
+        client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=max_results)
+    )
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a killed run never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
