@@ -1,0 +1,79 @@
+"""Build every component a recipe names, through the registries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runner.classifiers.base import Classifier
+from runner.data.device_data import DeviceData
+from runner.data.split import LabelSplit, make_label_split
+from runner.data.types import DatasetSplits
+from runner.methods.base import Method, TrainContext
+from runner.optim import EMA, build_optimizer, build_scheduler
+from runner.registry import CLASSIFIERS, DATASETS, GENERATORS, METHODS
+from runner.runtime import autocast_factory, configure, select_device
+from schemas import Recipe, UserError
+
+
+@dataclass
+class PreparedData:
+    splits: DatasetSplits
+    label_split: LabelSplit
+
+
+@dataclass
+class Components:
+    recipe: Recipe
+    device: torch.device
+    data: DeviceData
+    label_split: LabelSplit
+    classifier: Classifier
+    generator: Any
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    ctx: TrainContext
+
+    def eval_model(self) -> torch.nn.Module:
+        if self.ema is not None and self.recipe.optim.ema.evaluate_with_ema:
+            return self.ema.model
+        return self.classifier
+
+
+def prepare_data(recipe: Recipe) -> PreparedData:
+    """Load the dataset and draw the label split (cheap failures first: a missing dataset is a UserError)."""
+    splits = DATASETS.build(recipe.data)
+    label_split = make_label_split(splits.train.labels, len(splits.classes), recipe.data, recipe.seed)
+    return PreparedData(splits, label_split)
+
+
+def build_components(recipe: Recipe, prepared: PreparedData) -> Components:
+    device = select_device(recipe.runtime)
+    configure(recipe.runtime, recipe.seed, device)
+    data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
+    classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size).to(device)
+    generator = GENERATORS.build(recipe.generator, class_names=data.classes, device=device)
+    optimizer = build_optimizer(recipe.optim.classifier, classifier)
+    scheduler = build_scheduler(recipe.optim.lr_schedule, optimizer, recipe.schedule.iterations)
+    ema = EMA(classifier, recipe.optim.ema.decay) if recipe.optim.ema.enabled else None
+    autocast = autocast_factory(recipe.runtime, device)
+    ctx = TrainContext(
+        recipe=recipe,
+        classifier=classifier,
+        data=data,
+        generator=generator,
+        device=device,
+        autocast=autocast,
+        current_lr=lambda: optimizer.param_groups[0]["lr"],
+        seed=recipe.seed,
+    )
+    method = METHODS.build(recipe.method, ctx)
+    if method.uses_generator and generator is None:
+        raise UserError(f"generator.name: method '{recipe.method.name}' needs a generator; set generator.name")
+    return Components(
+        recipe, device, data, prepared.label_split, classifier, generator, method, optimizer, scheduler, ema, ctx
+    )

@@ -1,0 +1,237 @@
+"""The `metassl` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from schemas import UserError
+
+app = typer.Typer(
+    name="metassl",
+    help="Generative semi-supervised learning from YAML recipes, tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+RecipeArg = Annotated[
+    Path, typer.Argument(help="a recipe YAML file, e.g. recipes/digits_tiny.yaml", show_default=False)
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--override", "-o", help="override a field: key.path=value (repeatable), e.g. -o seed=1"),
+]
+TrackingUri = Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI of the store to read runs from")]
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def user_errors(command: Command) -> Command:
+    """Print a UserError as one line on stderr and exit 2; Ctrl-C exits 130. No tracebacks for bad input."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(recipe: Path, overrides: list[str] | None) -> Any:
+    from runner.registry import load_plugins
+    from schemas import load_recipe
+
+    load_plugins()
+    return load_recipe(recipe, overrides)
+
+
+@app.command()
+@user_errors
+def run(
+    recipe: Annotated[Path | None, typer.Argument(help="a recipe YAML file", show_default=False)] = None,
+    override: Overrides = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="continue a killed run from its last checkpoint: a RUN_ID, or a recipe path (its newest unfinished run)"
+        ),
+    ] = None,
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+) -> None:
+    """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
+    from runner import session
+    from schemas.training import Tracking
+
+    session.quiet_libraries()
+    if resume is not None and recipe is not None:
+        fail("give either RECIPE or --resume, not both")
+    if resume is None and recipe is None:
+        fail("missing RECIPE; e.g. metassl run recipes/digits_tiny.yaml (see metassl run --help)")
+    if resume is not None:
+        if resume.endswith((".yaml", ".yml")) or Path(resume).exists():
+            result = session.resume_latest(_load(Path(resume), override))
+        else:
+            result = session.resume(resume, Tracking(tracking_uri=tracking_uri))
+    else:
+        result = session.execute(_load(recipe, override))  # type: ignore[arg-type]
+    typer.echo(f"run {result.run_id} finished: test accuracy {result.accuracy:.4f} in {result.wall_seconds:.1f} s")
+
+
+@app.command()
+@user_errors
+def validate(recipe: RecipeArg, override: Overrides = None) -> None:
+    """Check a recipe without any torch work."""
+    loaded = _load(recipe, override)
+    typer.echo(
+        f"ok: {recipe} is a valid recipe ({loaded.method.name} on {loaded.data.name}, "
+        f"{loaded.schedule.iterations} iterations)"
+    )
+
+
+@app.command()
+@user_errors
+def show(recipe: RecipeArg, override: Overrides = None) -> None:
+    """Print the resolved recipe, every default filled in (re-runnable as is)."""
+    from schemas import dump_recipe
+
+    typer.echo(dump_recipe(_load(recipe, override)), nl=False)
+
+
+@app.command()
+@user_errors
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", help="write to this file instead of stdout")] = None,
+) -> None:
+    """Print the recipe JSON Schema (for editor autocompletion and validation)."""
+    from runner.registry import load_plugins
+    from schemas import recipe_model
+
+    load_plugins()
+    text = json.dumps(recipe_model().model_json_schema(), indent=2)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text + "\n")
+        typer.echo(f"wrote {output}")
+
+
+@app.command("list")
+@user_errors
+def list_components(
+    kind: Annotated[
+        str | None, typer.Argument(help="datasets, classifiers, generators or methods; default: all")
+    ] = None,
+) -> None:
+    """List the registered components a recipe can name."""
+    from runner.registry import REGISTRIES
+
+    if kind is not None and kind not in REGISTRIES:
+        fail(f"unknown kind '{kind}'; choose one of: {', '.join(REGISTRIES)}")
+    for name, registry in REGISTRIES.items():
+        if kind in (None, name):
+            typer.echo(f"{name}:")
+            for component, description in registry.describe().items():
+                typer.echo(f"  {component:<18} {description}")
+
+
+@app.command()
+@user_errors
+def ui(
+    port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+) -> None:
+    """Open the MLflow UI on this project's store (Ctrl-C stops it)."""
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking_uri})")
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+@user_errors
+def runs(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name")] = "metassl",
+    limit: Annotated[int, typer.Option(help="how many runs")] = 20,
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+) -> None:
+    """List recent runs with their status and final accuracy."""
+    from runner.session import quiet_libraries
+    from runner.tracking import list_runs
+    from schemas.training import Tracking
+
+    quiet_libraries()
+    for found in list_runs(Tracking(experiment=experiment, tracking_uri=tracking_uri), limit):
+        accuracy = found.data.metrics.get("final/test_accuracy")
+        shown = "-" if accuracy is None else f"{accuracy:.4f}"
+        typer.echo(f"{found.info.run_id}  {found.info.status:<9} {shown:>7}  {found.info.run_name}")
+
+
+@app.command("eval")
+@user_errors
+def evaluate_run(
+    run_id: Annotated[str, typer.Argument(help="an MLflow run id from metassl run")],
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+) -> None:
+    """Re-evaluate a finished run's logged weights on its test split."""
+    from runner.evaluation_job import evaluate_logged_run
+    from runner.session import quiet_libraries
+    from schemas.training import Tracking
+
+    quiet_libraries()
+    report = evaluate_logged_run(run_id, Tracking(tracking_uri=tracking_uri))
+    typer.echo(report)
+
+
+@app.command()
+@user_errors
+def pretrain(
+    recipe: RecipeArg,
+    override: Overrides = None,
+    force: Annotated[bool, typer.Option(help="retrain even if the checkpoint exists")] = False,
+) -> None:
+    """Train the project's own generator (a `local_gan` block) on its source split and save it."""
+    from runner.generators.pretrain import pretrain_from_file
+    from runner.session import quiet_libraries
+
+    quiet_libraries()
+    path = pretrain_from_file(recipe, override or [], force=force)
+    typer.echo(f"generator saved to {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

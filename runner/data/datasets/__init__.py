@@ -1,0 +1,1 @@
+"""Dataset adapters. Each module registers its builders with `@DATASETS.register(name)`."""

@@ -1,0 +1,89 @@
+"""The images a run trains on, kept as uint8 (on the device when `device_resident`) and served as float batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from runner.data.augment import Augmenter
+from runner.data.split import LabelSplit
+from runner.data.types import DatasetSplits, ImageSet
+from schemas.data import DataBase
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def cap(images: ImageSet, limit: int | None) -> ImageSet:
+    """At most `limit` images of a dataset's own unlabeled split, a fixed random subset (the train pool's
+    unlabeled indices are capped, seeded, by `make_label_split`)."""
+    if limit is None or len(images) <= limit:
+        return images
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
+    return images.subset(keep.sort().values)
+
+
+class DeviceData:
+    """Labeled, validation, unlabeled and test images with batch samplers that use the global torch RNG."""
+
+    def __init__(self, splits: DatasetSplits, split: LabelSplit, config: DataBase, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.storage = self.device if config.device_resident else torch.device("cpu")
+        self.num_classes = len(splits.classes)
+        self.channels = splits.channels
+        self.image_size = splits.image_size
+        self.classes = list(splits.classes)
+        self.augment = Augmenter(config.augment)
+        self.labeled = self._store(splits.train.subset(split.labeled))
+        self.validation = self._store(splits.train.subset(split.validation)) if len(split.validation) else None
+        unlabeled = splits.train.subset(split.unlabeled)
+        if splits.unlabeled is not None:
+            unlabeled = cap(splits.unlabeled, config.unlabeled_limit)
+        self.unlabeled = self._store(unlabeled) if len(unlabeled) else None
+        self.test = self._store(splits.test)
+
+    def _store(self, images: ImageSet) -> ImageSet:
+        return ImageSet(images.images.to(self.storage), images.labels.to(self.storage))
+
+    @staticmethod
+    def to_float(images: torch.Tensor) -> torch.Tensor:
+        return to_float(images)
+
+    def _draw(self, images: ImageSet, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n images drawn uniformly with replacement, as float on the training device, and their labels."""
+        index = torch.randint(len(images), (n,), device=self.storage)
+        batch = images.images[index].to(self.device, non_blocking=True)
+        return to_float(batch), images.labels[index].to(self.device, non_blocking=True)
+
+    def labeled_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weakly augmented labeled images and their labels."""
+        images, labels = self._draw(self.labeled, n)
+        return self.augment.weak(images), labels
+
+    def validation_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the holdout if there is one, else another draw of the labeled set; weakly augmented either way."""
+        images, labels = self._draw(self.validation if self.validation is not None else self.labeled, n)
+        return self.augment.weak(images), labels
+
+    @property
+    def has_unlabeled(self) -> bool:
+        return self.unlabeled is not None
+
+    def unlabeled_batch(self, n: int) -> torch.Tensor:
+        """Real unlabeled images as float in [0, 1], not augmented (methods augment their own views)."""
+        if self.unlabeled is None:
+            raise RuntimeError("this dataset split has no real unlabeled images")
+        return self._draw(self.unlabeled, n)[0]
+
+    def labeled_images(self) -> torch.Tensor:
+        """The whole labeled set as float in [0, 1], not augmented."""
+        return to_float(self.labeled.images.to(self.device))
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test set in order, as float batches without augmentation."""
+        for start in range(0, len(self.test), batch_size):
+            images = self.test.images[start : start + batch_size].to(self.device, non_blocking=True)
+            yield to_float(images), self.test.labels[start : start + batch_size].to(self.device, non_blocking=True)

@@ -1,0 +1,57 @@
+"""What a run ran on: package versions, git commit, pip freeze."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, distributions, version
+from pathlib import Path
+
+import torch
+
+KEY_PACKAGES = ("metassl", "torch", "torchvision", "diffusers", "mlflow", "pydantic", "numpy")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def describe() -> dict[str, object]:
+    info: dict[str, object] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {name: package_version(name) for name in KEY_PACKAGES},
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def pip_freeze() -> str:
+    lines = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in distributions() if dist.metadata["Name"])
+    return "\n".join(dict.fromkeys(lines)) + "\n"

@@ -1,0 +1,179 @@
+"""The alternation schedule: warm-up, meta phase, SSL phase, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from runner.build import Components
+from runner.checkpoint import save_checkpoint
+from runner.evaluate import Evaluation, evaluate
+from runner.runtime import rng_state, set_rng_state
+from runner.tracking import Tracker
+
+console = Console(stderr=True)
+
+
+@dataclass
+class LoopState:
+    """What the loop itself must carry across a resume."""
+
+    iteration: int = 0
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
+    last_accuracy: float | None = None
+
+
+def checkpoint_state(components: Components, state: LoopState, run_id: str) -> dict[str, Any]:
+    data_state = getattr(components.data, "state_dict", None)
+    return {
+        "iteration": state.iteration,
+        "history": dict(state.history),
+        "last_accuracy": state.last_accuracy,
+        "run_id": run_id,
+        "classifier": components.classifier.state_dict(),
+        "optimizer": components.optimizer.state_dict(),
+        "scheduler": components.scheduler.state_dict(),
+        "ema": components.ema.state_dict() if components.ema else None,
+        "method": components.method.state_dict(),
+        "data": data_state() if data_state else None,
+        "rng": rng_state(),
+    }
+
+
+def restore_state(components: Components, checkpoint: dict[str, Any]) -> LoopState:
+    components.classifier.load_state_dict(checkpoint["classifier"])
+    components.optimizer.load_state_dict(checkpoint["optimizer"])
+    components.scheduler.load_state_dict(checkpoint["scheduler"])
+    if components.ema is not None and checkpoint["ema"] is not None:
+        components.ema.load_state_dict(checkpoint["ema"])
+    components.method.load_state_dict(checkpoint["method"])
+    if checkpoint.get("data") is not None:
+        components.data.load_state_dict(checkpoint["data"])
+    set_rng_state(checkpoint["rng"])
+    history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    history.update({key: [tuple(point) for point in points] for key, points in checkpoint["history"].items()})
+    return LoopState(checkpoint["iteration"], history, checkpoint["last_accuracy"])
+
+
+def _progress(total: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("acc {task.fields[acc]}"),
+        TextColumn("{task.fields[speed]} img/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def _mean_metrics(window: dict[str, list[Any]]) -> dict[str, float]:
+    return {
+        key: float(torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).mean())
+        for key, values in window.items()
+    }
+
+
+def run_evaluation(components: Components) -> Evaluation:
+    data = components.data
+    batches = data.test_batches(components.recipe.data.eval_batch_size)
+    return evaluate(components.eval_model(), batches, data.num_classes, components.ctx.autocast)
+
+
+def train(components: Components, tracker: Tracker, checkpoint_file: Path, state: LoopState) -> Evaluation:
+    """Run iterations `state.iteration .. schedule.iterations`, then return the final evaluation."""
+    recipe = components.recipe
+    schedule = recipe.schedule
+    method, classifier, data = components.method, components.classifier, components.data
+    images_per_step = recipe.data.batch_size + int(getattr(recipe.method, "unlabeled_batch_size", 0))
+    use_scaler = components.device.type == "cuda" and recipe.runtime.precision == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    window: dict[str, list[Any]] = defaultdict(list)
+    window_start, window_steps = time.perf_counter(), 0
+    evaluation: Evaluation | None = None
+    classifier.train()
+
+    with _progress(schedule.iterations) as progress:
+        task = progress.add_task(
+            "train", total=schedule.iterations, completed=state.iteration, loss="-", acc="-", speed="-"
+        )
+        for iteration in range(state.iteration, schedule.iterations):
+            images, labels = data.labeled_batch(recipe.data.batch_size)
+            metrics: dict[str, Any] = {}
+            if iteration < schedule.warmup:
+                with components.ctx.autocast():
+                    loss, metrics = method.supervised_loss(images, labels)
+            else:
+                if method.has_meta_phase and iteration % schedule.meta.every == 0:
+                    metrics.update(method.meta_phase(iteration, schedule.meta.steps))
+                with components.ctx.autocast():
+                    loss, ssl_metrics = method.ssl_loss(iteration, images, labels)
+                metrics.update(ssl_metrics)
+
+            components.optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if recipe.optim.grad_clip is not None:
+                scaler.unscale_(components.optimizer)
+                torch.nn.utils.clip_grad_norm_(classifier.parameters(), recipe.optim.grad_clip)
+            scaler.step(components.optimizer)
+            scaler.update()
+            components.scheduler.step()
+            if components.ema is not None:
+                components.ema.update(classifier)
+
+            window["loss/total"].append(loss.detach())
+            for key, value in metrics.items():
+                window[key].append(value.detach() if isinstance(value, torch.Tensor) else value)
+            window_steps += 1
+            state.iteration = iteration + 1
+            done = state.iteration == schedule.iterations
+
+            if state.iteration % schedule.log_every == 0 or done:
+                if components.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - window_start
+                logged = _mean_metrics(window)
+                logged["lr"] = components.optimizer.param_groups[0]["lr"]
+                logged["perf/images_per_s"] = images_per_step * window_steps / max(elapsed, 1e-9)
+                logged["perf/s_per_iteration"] = elapsed / window_steps
+                tracker.log_metrics(logged, step=state.iteration)
+                state.history["train/loss"].append((state.iteration, logged["loss/total"]))
+                acc = "-" if state.last_accuracy is None else f"{state.last_accuracy:.3f}"
+                progress.update(
+                    task, loss=f"{logged['loss/total']:.3f}", acc=acc, speed=f"{logged['perf/images_per_s']:.0f}"
+                )
+                window.clear()
+                window_start, window_steps = time.perf_counter(), 0
+
+            if state.iteration % schedule.eval_every == 0 or done:
+                evaluation = run_evaluation(components)
+                state.last_accuracy = evaluation.accuracy
+                state.history["test/accuracy"].append((state.iteration, evaluation.accuracy))
+                tracker.log_metrics(evaluation.metrics(data.classes), step=state.iteration)
+                method.log_artifacts(state.iteration, tracker)
+                if not console.is_terminal:
+                    print(
+                        f"[{state.iteration}/{schedule.iterations}] test accuracy {evaluation.accuracy:.4f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                window_start = time.perf_counter()  # evaluation time is not training throughput
+
+            if state.iteration % schedule.checkpoint_every == 0 or done:
+                save_checkpoint(checkpoint_file, checkpoint_state(components, state, tracker.run_id))
+            progress.update(task, completed=state.iteration)
+
+    if evaluation is None:  # resumed from a checkpoint taken at the very end
+        evaluation = run_evaluation(components)
+    return evaluation

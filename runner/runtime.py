@@ -1,0 +1,65 @@
+"""Device choice, seeding, determinism and autocast, from the recipe's `runtime` block."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from schemas import UserError
+from schemas.training import Runtime
+
+
+def select_device(runtime: Runtime) -> torch.device:
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("runtime.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
+    if runtime.device == "cpu" or (runtime.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def configure(runtime: Runtime, seed: int, device: torch.device) -> None:
+    """Seed every RNG and set threads and determinism before anything random happens."""
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+    if runtime.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed_everything(seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def autocast_factory(runtime: Runtime, device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
+    """AMP on CUDA in the recipe's precision; plain fp32 on CPU (bf16 there is slow and changes results)."""
+    if device.type != "cuda" or runtime.precision == "fp32":
+        return nullcontext
+    dtype = torch.bfloat16 if runtime.precision == "bf16" else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
