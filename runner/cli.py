@@ -73,7 +73,7 @@ def run(
     resume: Annotated[
         str | None,
         typer.Option(
-            help="continue a killed run from its last checkpoint: a RUN_ID, or a recipe path (its newest unfinished run)"
+            help="continue a killed run from its checkpoint: a RUN_ID, or a recipe path (its newest unfinished run)"
         ),
     ] = None,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
