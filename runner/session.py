@@ -163,6 +163,6 @@ def quiet_libraries() -> None:
     """MLflow and alembic log INFO lines on every store open; users want the run's output, not theirs."""
     import logging
 
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
