@@ -89,7 +89,7 @@ def test_resolved_recipe_round_trips(tmp_path: Path):
     path.write_text(dump_recipe(recipe))
     again = load_recipe(path)
     assert again == recipe
-    assert list(yaml.safe_load(path.read_text())["data"])[0] == "name"
+    assert next(iter(yaml.safe_load(path.read_text())["data"])) == "name"
 
 
 def test_overrides_parse_yaml_values():
