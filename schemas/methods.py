@@ -54,9 +54,12 @@ class Generative(MethodBase):
     threshold: float = Field(default=0.95, ge=0.0, le=1.0, description="confidence threshold for unsup_loss=fixmatch")
     unlabeled_batch_size: PositiveInt = Field(default=128, description="synthetic images per SSL step")
     latents: LatentInit = LatentInit()
-    grid_every: PositiveInt | None = Field(
-        default=None, description="log a sample grid of the bank every N iterations; default: at eval periods"
+    views: Literal["strong_weak", "weak_weak"] = Field(
+        default="strong_weak",
+        description="the two views of each synthetic image in L_u (both phases): online strong + target weak, or two"
+        " weak draws",
     )
+    grid_size: PositiveInt = Field(default=64, description="the first N latents of the bank shown in sample grids")
 
 
 class Meta(Block):

@@ -1,0 +1,86 @@
+"""`generative`: the baseline without phase (i): synthetic unlabeled samples from a *fixed* latent bank."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from runner.generators.base import Generator, Latents
+from runner.methods.base import Method, TrainContext
+from runner.methods.latent_bank import LatentBank, initial_latents
+from runner.methods.losses import make_unsup_loss
+from runner.methods.semi_supervised import ssl_objective, two_views
+from runner.registry import METHODS
+from schemas import UserError
+from schemas.methods import Generative as GenerativeConfig
+
+if TYPE_CHECKING:
+    from runner.tracking import Tracker
+
+
+class Generative(Method):
+    """Phase (ii) with x~_j = G(z_j, c_j) from the bank; the bank moves only in subclasses with a meta phase."""
+
+    uses_generator = True
+    config: GenerativeConfig
+
+    def __init__(self, config: GenerativeConfig, ctx: TrainContext, latent_lr: float | None = None) -> None:
+        super().__init__(config, ctx)
+        if ctx.generator is None:
+            raise UserError(
+                f"generator.name: method '{config.name}' needs a generator; set generator.name (e.g. local_gan)"
+            )
+        self.generator: Generator = ctx.generator
+        latents = initial_latents(self.generator, config.latents, ctx.seed, ctx.data.labeled_images)
+        self.bank = LatentBank(latents, lr=latent_lr)
+        self.unsup = make_unsup_loss(config.unsup_loss, config.stop_grad, config.threshold)
+        self.grid_rows = torch.arange(min(config.grid_size, len(self.bank)), device=self.bank.noise.device)
+        self.initial_grid_latents = self.bank.batch(self.grid_rows)
+        self._initial_grid_logged = False
+
+    def synthesize(self, latents: Latents) -> torch.Tensor:
+        """x~ = G(z, c) at the classifier's image size and channels, with c = softmax(a / tau)."""
+        if "condition" in latents and self.generator.spec.condition == "class":
+            # The generator applies softmax(condition / its own temperature); rescale so tau is the recipe's.
+            scale = self.generator.temperature / self.config.latents.temperature
+            latents = {**latents, "condition": latents["condition"] * scale}
+        return self.generator(latents, size=self.ctx.data.image_size, channels=self.ctx.data.channels)
+
+    def synthetic_batch(self, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        rows = self.bank.sample_indices(n)
+        with torch.no_grad():
+            return self.synthesize(self.bank.batch(rows)).to(dtype)
+
+    def ssl_loss(
+        self, iteration: int, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.unsup is None:
+            return self.supervised_loss(images, labels)
+        synthetic = self.synthetic_batch(self.config.unlabeled_batch_size, images.dtype)
+        views = two_views(self.ctx.data.augment, synthetic, self.config.views)
+        return ssl_objective(self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u)
+
+    @torch.no_grad()
+    def bank_grid(self, latents: Latents | None = None) -> torch.Tensor:
+        return self.synthesize(self.bank.batch(self.grid_rows) if latents is None else latents).float()
+
+    def log_artifacts(self, iteration: int, tracker: Tracker) -> None:
+        """The first `grid_size` latents of the bank as images: at the start, and (if the bank moves) now."""
+        if not self._initial_grid_logged:
+            tracker.log_image_grid(self.bank_grid(self.initial_grid_latents), "bank/step_000000.png")
+            self._initial_grid_logged = True
+        if self.bank.optimizer is not None:
+            tracker.log_image_grid(self.bank_grid(), f"bank/step_{iteration:06d}.png")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bank.load_state_dict(state["bank"])
+
+
+@METHODS.register("generative")
+def build_generative(config: GenerativeConfig, ctx: TrainContext) -> Method:
+    """Synthetic unlabeled samples from fixed latents (no phase (i))."""
+    return Generative(config, ctx)

@@ -1,0 +1,165 @@
+"""Phase (i)'s objective and its gradient with respect to the synthetic views.
+
+    theta'(Lam_B) = theta - eta * grad_theta L_u(theta; Lam_B)          (virtual step)
+    L_meta(Lam_B) = CE(h_theta'(x_v), y_v) + lambda_r * R(Lam_B)
+
+Everything here sees the synthetic batch only as its two augmented views `(online,
+target)`; the caller generates them from the latents and carries gradients back
+through the augmentation and the generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runner.methods.losses import UnsupLoss, full
+from runner.methods.resemblance import Resemblance
+from runner.methods.virtual_step import Params, functional_forward, virtual_step
+
+Views = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class MetaProblem:
+    """The fixed pieces of one meta-step: the classifier at theta, the virtual step, and the validation batch."""
+
+    classifier: nn.Module
+    scope: Params  # the parameters the virtual step moves, at their current values theta
+    unsup: UnsupLoss | None
+    resemblance: Resemblance | None
+    eta: float
+    lambda_r: float
+    x_v: torch.Tensor
+    y_v: torch.Tensor
+    real_features: torch.Tensor  # f_theta(x_v), detached: R's "real labeled samples"
+    stop_grad: bool = True  # `unsup` must then leave the target's features attached (see unsup_at)
+
+
+@dataclass
+class MetaTerms:
+    meta: torch.Tensor
+    val_after: torch.Tensor
+    resemblance: torch.Tensor
+    unsup: torch.Tensor
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        return {
+            "meta/loss": self.meta.detach(),
+            "meta/val_loss_after": self.val_after.detach(),
+            "meta/resemblance": self.resemblance.detach(),
+            "meta/unsup": self.unsup.detach(),
+        }
+
+
+def validation_forward(
+    classifier: nn.Module, x_v: torch.Tensor, y_v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE(h_theta(x_v), y_v) and f_theta(x_v), without gradients (val_loss_before and R's real features)."""
+    with torch.no_grad():
+        logits, features = functional_forward(classifier, {}, x_v)
+    return F.cross_entropy(full(logits), y_v), features.detach()
+
+
+def unsup_at(
+    problem: MetaProblem, params: Params, views: Views, target_params: Params | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_u(params; views) and the online view's features (for R).
+
+    Stop-gradient acts on theta only: the target view goes through detached parameters
+    (`target_params`, default: `params` detached), so it still depends on the latents and
+    the meta-gradient follows that path too. The two views go through separate forwards.
+    """
+    assert problem.unsup is not None
+    if target_params is None:
+        target_params = {name: p.detach() for name, p in params.items()} if problem.stop_grad else params
+    online = functional_forward(problem.classifier, params, views[0])
+    target = functional_forward(problem.classifier, target_params, views[1])
+    loss, _ = problem.unsup(online, target)
+    return loss, online[1]
+
+
+def resemblance_at(problem: MetaProblem, features: torch.Tensor) -> torch.Tensor:
+    if problem.resemblance is None:
+        return features.new_zeros(())
+    return problem.resemblance(features, problem.real_features)
+
+
+def val_loss_at(problem: MetaProblem, params: Params) -> torch.Tensor:
+    logits, _ = functional_forward(problem.classifier, params, problem.x_v)
+    return F.cross_entropy(full(logits), problem.y_v)
+
+
+def exact_meta_loss(problem: MetaProblem, views: Views) -> MetaTerms:
+    """L_meta as a differentiable function of the views, through a second-order virtual step."""
+    if problem.unsup is None:  # no L_u: theta' = theta, only R depends on the latents
+        _, features = functional_forward(problem.classifier, {}, views[0])
+        resemblance = resemblance_at(problem, features)
+        val = val_loss_at(problem, {}).detach()
+        return MetaTerms(problem.lambda_r * resemblance, val, resemblance, resemblance.new_zeros(()))
+    unsup, features = unsup_at(problem, problem.scope, views)
+    grads = torch.autograd.grad(unsup, list(problem.scope.values()), create_graph=True, allow_unused=True)
+    val_after = val_loss_at(problem, virtual_step(problem.scope, grads, problem.eta))
+    resemblance = resemblance_at(problem, features)
+    return MetaTerms(val_after + problem.lambda_r * resemblance, val_after, resemblance, unsup)
+
+
+def exact_view_grads(problem: MetaProblem, views: Views) -> tuple[Views, MetaTerms]:
+    """d L_meta / d views, exactly (the views must carry no graph the caller still needs)."""
+    leaves = tuple(v.detach().requires_grad_() for v in views)
+    terms = exact_meta_loss(problem, leaves)  # type: ignore[arg-type]
+    grads = torch.autograd.grad(terms.meta, leaves, allow_unused=True)
+    return _zeros_for_none(grads, leaves), terms
+
+
+def finite_difference_view_grads(problem: MetaProblem, views: Views, epsilon: float) -> tuple[Views, MetaTerms]:
+    """d L_meta / d views with first-order gradients only (DARTS):
+
+    d L_val(theta') / d Lam ~= -eta * (d L_u(theta+) / d Lam - d L_u(theta-) / d Lam) / (2 eps),
+    theta+- = theta +- eps * v,  v = grad_theta' L_val(theta'),  eps = epsilon / |v|.
+    """
+    leaves = tuple(v.detach().requires_grad_() for v in views)
+    if problem.unsup is None:
+        return exact_view_grads(problem, views)
+    unsup, features = unsup_at(problem, problem.scope, leaves)  # type: ignore[arg-type]
+    names, theta = list(problem.scope), list(problem.scope.values())
+    grads = torch.autograd.grad(unsup, theta, retain_graph=problem.resemblance is not None, allow_unused=True)
+    resemblance = resemblance_at(problem, features)
+    if problem.resemblance is not None:
+        view_grads = _zeros_for_none(
+            torch.autograd.grad(problem.lambda_r * resemblance, leaves, allow_unused=True), leaves
+        )
+    else:
+        view_grads = tuple(torch.zeros_like(leaf) for leaf in leaves)
+
+    theta_virtual = {
+        name: (p if g is None else p - problem.eta * g).detach().requires_grad_()
+        for name, p, g in zip(names, theta, grads, strict=True)
+    }
+    val_after = val_loss_at(problem, theta_virtual)
+    v = torch.autograd.grad(val_after, list(theta_virtual.values()), allow_unused=True)
+    v = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(theta, v, strict=True))
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in v)).clamp_min(1e-12)
+    eps = epsilon / norm
+
+    fixed = {name: p.detach() for name, p in zip(names, theta, strict=True)}
+
+    def unsup_view_grads(sign: float) -> tuple[torch.Tensor, ...]:
+        # With stop-gradient, the target branch is a separate copy of the network that the virtual step does
+        # not move, so only the online branch is perturbed (the mixed partial d/dLam d/dtheta_online).
+        moved = {name: p + sign * eps * g for (name, p), g in zip(fixed.items(), v, strict=True)}
+        loss, _ = unsup_at(problem, moved, leaves, fixed if problem.stop_grad else moved)  # type: ignore[arg-type]
+        return _zeros_for_none(torch.autograd.grad(loss, leaves, allow_unused=True), leaves)
+
+    plus, minus = unsup_view_grads(1.0), unsup_view_grads(-1.0)
+    scale = -problem.eta / (2 * eps)
+    view_grads = tuple(r + scale * (p - m) for r, p, m in zip(view_grads, plus, minus, strict=True))
+    terms = MetaTerms(val_after.detach() + problem.lambda_r * resemblance.detach(), val_after, resemblance, unsup)
+    return view_grads, terms  # type: ignore[return-value]
+
+
+def _zeros_for_none(grads: tuple[torch.Tensor | None, ...], like: tuple[torch.Tensor, ...]) -> Views:
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, like, strict=True))  # type: ignore[return-value]

@@ -1,0 +1,99 @@
+"""`metassl`, the method: phase (i) meta-learns the latent bank, phase (ii) is the generative SSL step."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from runner.methods.base import Method, TrainContext
+from runner.methods.generative import Generative
+from runner.methods.losses import make_unsup_loss
+from runner.methods.meta_gradient import (
+    MetaProblem,
+    exact_view_grads,
+    finite_difference_view_grads,
+    validation_forward,
+)
+from runner.methods.resemblance import make_resemblance
+from runner.methods.semi_supervised import two_views
+from runner.methods.virtual_step import scope_parameters
+from runner.registry import METHODS
+from schemas.methods import MetaSSL as MetaSSLConfig
+
+
+class MetaSSL(Generative):
+    has_meta_phase = True
+    config: MetaSSLConfig
+
+    def __init__(self, config: MetaSSLConfig, ctx: TrainContext) -> None:
+        super().__init__(config, ctx, latent_lr=config.meta.lr)
+        self.resemblance = make_resemblance(config.meta.resemblance)
+        # Phase (i) applies the stop-gradient to theta itself (MetaProblem.stop_grad), not to the target features.
+        self.meta_unsup = make_unsup_loss(config.unsup_loss, stop_grad=False, threshold=config.threshold)
+        scope_parameters(ctx.classifier, config.meta.scope, config.meta.scope_blocks)  # a bad scope fails at build
+
+    def meta_phase(self, iteration: int, steps: int) -> dict[str, Any]:
+        classifier = self.ctx.classifier
+        was_training = classifier.training
+        classifier.train()
+        collected: dict[str, list[torch.Tensor]] = defaultdict(list)
+        try:
+            for _ in range(steps):
+                for key, value in self.meta_step().items():
+                    collected[key].append(value)
+        finally:
+            classifier.train(was_training)
+        metrics: dict[str, Any] = {key: torch.stack(values).mean() for key, values in collected.items()}
+        metrics.update(self.latent_metrics())
+        return metrics
+
+    def meta_step(self) -> dict[str, torch.Tensor]:
+        """One Adam update of a batch of latents on L_meta, then the latent constraint."""
+        meta, data = self.config.meta, self.ctx.data
+        x_v, y_v = data.validation_batch(meta.validation_batch_size)
+        rows = self.bank.sample_indices(min(meta.latent_batch_size, len(self.bank)))
+        latents = self.bank.batch(rows, requires_grad=True)
+        with self.ctx.autocast():
+            val_before, real_features = validation_forward(self.ctx.classifier, x_v, y_v)
+            views = two_views(data.augment, self.synthesize(latents).to(x_v.dtype), self.config.views)
+            problem = MetaProblem(
+                classifier=self.ctx.classifier,
+                scope=scope_parameters(self.ctx.classifier, meta.scope, meta.scope_blocks),
+                unsup=self.meta_unsup,
+                resemblance=self.resemblance,
+                eta=meta.virtual_lr if meta.virtual_lr is not None else self.ctx.current_lr(),
+                lambda_r=meta.lambda_r,
+                x_v=x_v,
+                y_v=y_v,
+                real_features=real_features,
+                stop_grad=self.config.stop_grad,
+            )
+            if meta.gradient == "exact":
+                view_grads, terms = exact_view_grads(problem, views)
+            else:
+                view_grads, terms = finite_difference_view_grads(problem, views, meta.fd_epsilon)
+        # One backward through the augmentation and the generator, whichever meta-gradient made the view grads.
+        leaves = list(latents.values())
+        grads = torch.autograd.grad(views, leaves, grad_outputs=view_grads, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
+        self.bank.step(rows, dict(zip(latents, grads, strict=True)))
+        self.bank.constrain(rows, meta.latent_constraint, meta.clip)
+        grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads) / len(rows))
+        return {**terms.metrics(), "meta/val_loss_before": val_before.detach(), "meta/latent_grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def latent_metrics(self) -> dict[str, torch.Tensor]:
+        metrics = {"latents/noise_norm": self.bank.noise_norm()}
+        if self.bank.condition is not None and self.generator.spec.condition == "class":
+            probs = torch.softmax(self.bank.condition.flatten(1).float() / self.config.latents.temperature, dim=1)
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
+            metrics["latents/condition_entropy"] = entropy
+        return metrics
+
+
+@METHODS.register("metassl")
+def build_metassl(config: MetaSSLConfig, ctx: TrainContext) -> Method:
+    """The method: meta-optimized latents (phase i) plus generative SSL (phase ii)."""
+    return MetaSSL(config, ctx)

@@ -1,0 +1,61 @@
+"""The classifier as a function of (part of) its parameters, and the virtual step theta' = theta - eta * g.
+
+BatchNorm: every functional forward runs the module in its current mode (train mode
+during training, so batch statistics are used, as in the SSL step the virtual step
+imitates) on *copies* of the buffers, so the meta phase never moves the running
+statistics the evaluation uses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from runner.classifiers.base import Classifier
+from schemas import UserError
+
+Params = dict[str, torch.Tensor]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind a `torch.compile` wrapper."""
+    return getattr(model, "_orig_mod", model)
+
+
+def scope_parameters(classifier: nn.Module, scope: str, blocks: int = 1) -> Params:
+    """The parameters the virtual step moves: `all`, or the last `blocks` feature blocks plus the head.
+
+    The head is always in scope because it is free: `feature_cosine` gives it no gradient,
+    and `fixmatch` as L_u needs it.
+    """
+    model = unwrap(classifier)
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if scope == "all":
+        return named
+    if scope != "last_blocks":
+        raise ValueError(f"unknown virtual-step scope '{scope}'")
+    if not isinstance(model, Classifier):
+        raise UserError("method.meta.scope: 'last_blocks' needs a Classifier with feature blocks; use 'all'")
+    feature_blocks = model.feature_blocks()
+    if blocks > len(feature_blocks):
+        raise UserError(
+            f"method.meta.scope_blocks: {blocks} exceeds the classifier's {len(feature_blocks)} feature blocks"
+        )
+    chosen = {id(p) for block in feature_blocks[-blocks:] for p in block.parameters()}
+    chosen |= {id(p) for p in model.head.parameters()}
+    return {name: p for name, p in named.items() if id(p) in chosen}
+
+
+def functional_forward(
+    classifier: nn.Module, params: Params, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(logits, features)` with `params` in place of those parameters and copied buffers (see module docstring)."""
+    model = unwrap(classifier)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    return functional_call(model, {**params, **buffers}, (images,), strict=False)
+
+
+def virtual_step(params: Params, grads: tuple[torch.Tensor | None, ...], eta: float) -> Params:
+    """theta' = theta - eta * grad; a parameter without a gradient stays where it is."""
+    return {name: p if g is None else p - eta * g for (name, p), g in zip(params.items(), grads, strict=True)}

@@ -1,0 +1,128 @@
+"""Tiny real torch parts for the method's math tests: a linear-map generator, an MLP classifier, toy data.
+
+The data object has DeviceData's methods; it stands in only where a test checks the
+math on a smooth problem small enough for float64 finite differences.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from runner.classifiers.base import Classifier
+from runner.generators.base import Generator, LatentSpec
+from runner.methods.base import TrainContext
+from schemas import validate_recipe
+
+SIZE = 4
+CLASSES = 3
+
+
+class TinyGenerator(Generator):
+    """A frozen differentiable G(z, c) = sigmoid(W z + E softmax(c / T) + b), shaped 1 x 4 x 4."""
+
+    def __init__(self, noise_dim: int = 5, sources: int = 3, dtype: torch.dtype = torch.float32, seed: int = 0):
+        super().__init__()
+        rng = torch.Generator().manual_seed(seed)
+        self.spec = LatentSpec(noise_shape=(noise_dim,), condition="class", condition_shape=(sources,))
+        self.native_size, self.channels = SIZE, 1
+        self.noise_map = nn.Parameter(torch.randn(SIZE * SIZE, noise_dim, generator=rng, dtype=dtype) * 0.7)
+        self.class_map = nn.Parameter(torch.randn(SIZE * SIZE, sources, generator=rng, dtype=dtype) * 1.5)
+        self.freeze()
+
+    def generate(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+        probs = torch.softmax(latents["condition"] / self.temperature, dim=1)
+        pixels = latents["noise"] @ self.noise_map.T + probs @ self.class_map.T
+        return torch.sigmoid(pixels).view(-1, 1, SIZE, SIZE)
+
+
+class SourceTinyGenerator(TinyGenerator):
+    """The same generator with a source classifier, so pseudo-conditional latents are possible."""
+
+    def source_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)[:, :3] * 4.0
+
+
+def tiny_classifier(dtype: torch.dtype = torch.float32, seed: int = 0) -> Classifier:
+    """Two smooth feature blocks (one with BatchNorm) and a linear head."""
+    torch.manual_seed(seed)
+    blocks = [
+        nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 12), nn.BatchNorm1d(12), nn.Tanh()),
+        nn.Sequential(nn.Linear(12, 8), nn.Tanh()),
+    ]
+    return Classifier(blocks, feature_dim=8, num_classes=CLASSES).to(dtype).train()
+
+
+class JitterAugment:
+    """Differentiable, global-RNG augmentations: additive noise (strong adds more)."""
+
+    def weak(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.05 * torch.randn_like(x)
+
+    def strong(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.15 * torch.randn_like(x)
+
+
+class ToyData:
+    """Three classes of 4x4 images: bright top rows, bright left columns, or a bright centre."""
+
+    channels, image_size, num_classes = 1, SIZE, CLASSES
+    classes = ("top", "left", "centre")
+    has_unlabeled = True
+
+    def __init__(self, per_class: int = 6, dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
+        rng = torch.Generator().manual_seed(seed)
+        templates = torch.full((CLASSES, 1, SIZE, SIZE), 0.2, dtype=dtype)
+        templates[0, :, :2, :] = 0.8
+        templates[1, :, :, :2] = 0.8
+        templates[2, :, 1:3, 1:3] = 0.8
+        labels = torch.arange(CLASSES).repeat_interleave(per_class * 3)
+        noise = 0.1 * torch.randn((len(labels), 1, SIZE, SIZE), generator=rng, dtype=dtype)
+        images = (templates[labels] + noise).clamp(0, 1)
+        n = CLASSES * per_class
+        order = torch.randperm(len(labels), generator=rng)
+        images, labels = images[order], labels[order]
+        self.images, self.labels = images[:n], labels[:n]
+        self.val_images, self.val_labels = images[n : 2 * n], labels[n : 2 * n]
+        self.unlabeled = images[2 * n :]
+        self.augment = JitterAugment()
+
+    def labeled_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self.images), (n,))
+        return self.augment.weak(self.images[index]), self.labels[index]
+
+    def validation_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole validation set, unaugmented, so the meta objective is a fixed function of the latents."""
+        return self.val_images, self.val_labels
+
+    def unlabeled_batch(self, n: int) -> torch.Tensor:
+        return self.unlabeled[torch.randint(len(self.unlabeled), (n,))]
+
+    def labeled_images(self) -> torch.Tensor:
+        return self.images
+
+
+TOY_RECIPE = {
+    "name": "toy",
+    "data": {"name": "digits"},
+    "classifier": {"name": "small_cnn"},
+    "method": {"name": "metassl"},
+}
+
+
+def toy_context(
+    method: dict, classifier: nn.Module, data: object, generator: Generator | None, lr: float = 0.1, seed: int = 0
+) -> TrainContext:
+    from contextlib import nullcontext
+
+    recipe = validate_recipe({**TOY_RECIPE, "seed": seed, "method": method})
+    return TrainContext(
+        recipe=recipe,
+        classifier=classifier,  # type: ignore[arg-type]
+        data=data,  # type: ignore[arg-type]
+        generator=generator,
+        device=torch.device("cpu"),
+        autocast=nullcontext,
+        current_lr=lambda: lr,
+        seed=seed,
+    )
