@@ -1,5 +1,8 @@
 """Batched, on-device augmentation of float images in [0, 1], shaped N x C x H x W.
 
+Every op is differentiable with respect to the images where it is not piecewise constant
+(posterize), so a meta-gradient can flow through augmented synthetic samples.
+
 All randomness comes from the global torch RNG of the images' device, and the amount
 drawn never depends on the data, so restoring RNG states on resume replays the same
 augmentations.
@@ -71,11 +74,9 @@ def blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> to
 
 
 def smooth(x: torch.Tensor) -> torch.Tensor:
-    """PIL's SMOOTH filter (3x3, centre weight 5), applied per channel."""
-    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+    """PIL's SMOOTH filter (3x3 ones, centre weight 5, over 13), as a box filter plus extra centre weight."""
+    box = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1) * 9.0
+    return (box + 4.0 * x) / 13.0
 
 
 def photometric(op: str, x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
@@ -148,6 +149,7 @@ class Augmenter:
         return translate(x, round(self.config.crop_padding * x.shape[-1]))
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype  # per-sample magnitudes are float32 and would promote half-precision images
         x = self.weak(x)
         for _ in range(self.config.strong_ops):
             op = (_rand(x) * len(STRONG_OPS)).long().clamp_(max=len(STRONG_OPS) - 1)
@@ -158,4 +160,4 @@ class Augmenter:
                 if name not in GEOMETRIC:
                     x = torch.where(per_sample(op == index), photometric(name, x, magnitude), x)
             x = affine(x, op, magnitude)
-        return cutout(x, round(self.config.cutout * x.shape[-1]))
+        return cutout(x, round(self.config.cutout * x.shape[-1])).to(dtype)
