@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -72,20 +70,3 @@ def test_dropout_is_honoured():
     assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.5
     plain = CLASSIFIERS.build(SmallCNN(width=4), 3, 1, 8)
     assert isinstance(plain.dropout, nn.Identity)
-
-
-def test_small_cnn_step_is_fast():
-    """The default small_cnn must train at CPU speed on 28 px: a 64-image step well under a tenth of a second."""
-    torch.manual_seed(0)
-    model = CLASSIFIERS.build(SmallCNN(), 10, 1, 28)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.rand(64, 1, 28, 28), torch.randint(10, (64,))
-    times = []
-    for _ in range(8):
-        start = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x)[0], y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    assert min(times[2:]) < 0.1, f"fastest step took {min(times[2:]) * 1000:.0f} ms"
