@@ -91,6 +91,11 @@ class MetaSSL(Generative):
     def _meta_needs_a_virtual_loss(self) -> MetaSSL:
         if self.unsup_loss == "none" and self.meta.resemblance == "none":
             raise ValueError("method.unsup_loss 'none' with meta.resemblance 'none' leaves phase (i) nothing to do")
+        if self.meta.latent_batch_size > self.latents.bank_size:
+            raise ValueError(
+                f"method.meta.latent_batch_size ({self.meta.latent_batch_size}) exceeds the bank"
+                f" (method.latents.bank_size = {self.latents.bank_size})"
+            )
         return self
 
 

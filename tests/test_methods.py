@@ -1,0 +1,259 @@
+"""The methods on real parts: DeviceData on sklearn digits, the registered small_cnn, and the loop's call pattern."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from method_toys import TinyGenerator, ToyData, tiny_classifier, toy_context
+
+from runner.data.device_data import DeviceData
+from runner.data.split import make_label_split
+from runner.generators.base import Generator
+from runner.methods.base import Method, TrainContext
+from runner.methods.meta_gradient import MetaProblem, exact_meta_loss, validation_forward
+from runner.methods.metassl import MetaSSL
+from runner.methods.semi_supervised import two_views
+from runner.methods.virtual_step import scope_parameters
+from runner.registry import CLASSIFIERS, DATASETS, METHODS
+from schemas import UserError, validate_recipe
+from schemas.data import Digits
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Any, Any, Digits]:
+    config = Digits(labels_per_class=4, batch_size=BATCH)
+    splits = DATASETS.build(config)
+    return splits, make_label_split(splits.train.labels, len(splits.classes), config, seed=0), config
+
+
+def digits_context(digits: tuple[Any, Any, Digits], method: dict[str, Any], seed: int = 0) -> TrainContext:
+    splits, split, config = digits
+    recipe = validate_recipe(
+        {
+            "name": "digits-methods",
+            "seed": seed,
+            "data": config.model_dump(),
+            "classifier": {"name": "small_cnn", "width": 8},
+            "method": method,
+        }
+    )
+    torch.manual_seed(seed)
+    data = DeviceData(splits, split, recipe.data, torch.device("cpu"))
+    classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size)
+    generator: Generator | None = TinyGenerator(seed=seed) if method["name"] in ("generative", "metassl") else None
+    return TrainContext(
+        recipe=recipe,
+        classifier=classifier,
+        data=data,
+        generator=generator,
+        device=torch.device("cpu"),
+        autocast=nullcontext,
+        current_lr=lambda: 0.05,
+        seed=seed,
+    )
+
+
+def train(method: Method, ctx: TrainContext, iterations: int, warmup: int = 1) -> list[dict[str, Any]]:
+    """The loop's call pattern (runner/loop.py), meta phase every iteration with 2 steps."""
+    optimizer = torch.optim.SGD(ctx.classifier.parameters(), lr=0.05, momentum=0.9)
+    ctx.classifier.train()
+    history = []
+    for iteration in range(iterations):
+        images, labels = ctx.data.labeled_batch(BATCH)
+        metrics: dict[str, Any] = {}
+        if iteration < warmup:
+            loss, metrics = method.supervised_loss(images, labels)
+        else:
+            if method.has_meta_phase:
+                metrics.update(method.meta_phase(iteration, 2))
+            with ctx.autocast():
+                loss, ssl_metrics = method.ssl_loss(iteration, images, labels)
+            metrics.update(ssl_metrics)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append({key: float(value) for key, value in metrics.items()})
+    return history
+
+
+METHOD_BLOCKS = {
+    "supervised": {"name": "supervised"},
+    "fixmatch": {"name": "fixmatch", "unlabeled_batch_size": 32, "threshold": 0.5},
+    "generative_cosine": {"name": "generative", "unlabeled_batch_size": 32, "latents": {"bank_size": 64}},
+    "generative_fixmatch": {
+        "name": "generative",
+        "unsup_loss": "fixmatch",
+        "threshold": 0.0,
+        "unlabeled_batch_size": 32,
+        "latents": {"bank_size": 64, "classes": "uniform"},
+    },
+    "metassl_exact": {
+        "name": "metassl",
+        "unlabeled_batch_size": 32,
+        "latents": {"bank_size": 64},
+        "meta": {"gradient": "exact", "latent_batch_size": 16, "validation_batch_size": 16},
+    },
+    "metassl_fd_last_block": {
+        "name": "metassl",
+        "unlabeled_batch_size": 32,
+        "views": "weak_weak",
+        "latents": {"bank_size": 64},
+        "meta": {
+            "gradient": "finite_difference",
+            "scope": "last_blocks",
+            "scope_blocks": 2,
+            "resemblance": "nearest_cosine",
+            "latent_constraint": "clip",
+            "latent_batch_size": 16,
+            "validation_batch_size": 16,
+        },
+    },
+}
+
+EXPECTED_METRICS = {
+    "supervised": {"loss/sup"},
+    "fixmatch": {"loss/sup", "loss/unsup", "unsup/mask_rate"},
+    "generative_cosine": {"loss/sup", "loss/unsup"},
+    "generative_fixmatch": {"loss/sup", "loss/unsup", "unsup/mask_rate"},
+    "metassl_exact": {
+        "loss/sup",
+        "loss/unsup",
+        "meta/loss",
+        "meta/val_loss_before",
+        "meta/val_loss_after",
+        "meta/resemblance",
+        "meta/unsup",
+        "meta/latent_grad_norm",
+        "latents/noise_norm",
+        "latents/condition_entropy",
+    },
+}
+EXPECTED_METRICS["metassl_fd_last_block"] = EXPECTED_METRICS["metassl_exact"]
+
+
+@pytest.mark.parametrize("variant", list(METHOD_BLOCKS))
+def test_each_method_trains_on_digits(digits: tuple[Any, Any, Digits], variant: str) -> None:
+    ctx = digits_context(digits, METHOD_BLOCKS[variant])
+    method = METHODS.build(ctx.recipe.method, ctx)
+    before = {name: p.detach().clone() for name, p in ctx.classifier.named_parameters()}
+    bank_before = method.bank.noise.detach().clone() if hasattr(method, "bank") else None
+    history = train(method, ctx, iterations=3)
+    assert set(history[-1]) == EXPECTED_METRICS[variant]
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in history)
+    assert any(not torch.equal(p, before[name]) for name, p in ctx.classifier.named_parameters())
+    if bank_before is not None:
+        moved = (method.bank.noise != bank_before).any(dim=1).sum()
+        assert (moved > 0) == method.has_meta_phase  # only phase (i) moves latents, never the SSL step
+
+
+def test_meta_phase_leaves_the_classifier_and_batchnorm_statistics_alone(digits: tuple[Any, Any, Digits]) -> None:
+    ctx = digits_context(digits, METHOD_BLOCKS["metassl_exact"])
+    method = METHODS.build(ctx.recipe.method, ctx)
+    state = {key: value.clone() for key, value in ctx.classifier.state_dict().items()}
+    bank_before = method.bank.noise.detach().clone()
+    method.meta_phase(0, 1)
+    assert all(torch.equal(value, state[key]) for key, value in ctx.classifier.state_dict().items())
+    assert all(p.grad is None for p in ctx.classifier.parameters())
+    moved_rows = (method.bank.noise != bank_before).any(dim=1).sum()
+    assert int(moved_rows) == 16  # exactly one latent batch
+    norms = method.bank.noise.norm(dim=1)
+    assert torch.allclose(norms[(method.bank.noise != bank_before).any(dim=1)], torch.tensor(5**0.5))
+
+
+def test_same_seed_same_result_on_cpu(digits: tuple[Any, Any, Digits]) -> None:
+    def run(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        ctx = digits_context(digits, METHOD_BLOCKS["metassl_exact"], seed=seed)
+        method = METHODS.build(ctx.recipe.method, ctx)
+        train(method, ctx, iterations=3)
+        return ctx.classifier.state_dict(), method.bank.noise.detach().clone()
+
+    first, again, other = run(0), run(0), run(1)
+    assert all(torch.equal(value, again[0][key]) for key, value in first[0].items())
+    assert torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], other[1])
+
+
+def toy_val_loss_after(method: MetaSSL) -> float:
+    """L_val(theta'(Lam)) over the whole bank, with one fixed augmentation draw."""
+    torch.manual_seed(7)
+    x_v, y_v = method.ctx.data.validation_batch(0)
+    _, real_features = validation_forward(method.ctx.classifier, x_v, y_v)
+    rows = torch.arange(len(method.bank))
+    views = two_views(method.ctx.data.augment, method.synthesize(method.bank.batch(rows)), method.config.views)
+    problem = MetaProblem(
+        classifier=method.ctx.classifier,
+        scope=scope_parameters(method.ctx.classifier, "all"),
+        unsup=method.meta_unsup,
+        resemblance=None,
+        eta=1.0,
+        lambda_r=0.0,
+        x_v=x_v,
+        y_v=y_v,
+        real_features=real_features,
+    )
+    return float(exact_meta_loss(problem, views).val_after.detach())
+
+
+@pytest.mark.parametrize("gradient", ["exact", "finite_difference"])
+def test_meta_steps_lower_the_validation_loss_after_the_virtual_step(gradient: str) -> None:
+    torch.manual_seed(0)
+    config = {
+        "name": "metassl",
+        "latents": {"bank_size": 16},
+        "meta": {
+            "latent_batch_size": 16,
+            "virtual_lr": 1.0,
+            "resemblance": "none",
+            "lambda_r": 0.0,
+            "gradient": gradient,
+        },
+    }
+    ctx = toy_context(config, tiny_classifier(), ToyData(), TinyGenerator())
+    method = METHODS.build(ctx.recipe.method, ctx)
+    assert isinstance(method, MetaSSL)
+    before = toy_val_loss_after(method)
+    history = [method.meta_phase(step, 1) for step in range(30)]
+    after = toy_val_loss_after(method)
+    assert after < before - 0.05, (before, after)
+    assert float(history[-1]["meta/val_loss_after"]) < float(history[0]["meta/val_loss_after"])
+
+
+@pytest.mark.slow
+def test_sample_grids_show_the_bank_moving(digits: tuple[Any, Any, Digits], tmp_path: Path) -> None:
+    from runner.tracking import Tracker
+    from schemas.training import Tracking
+
+    tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"))
+    metassl_ctx = digits_context(digits, METHOD_BLOCKS["metassl_exact"])
+    metassl = METHODS.build(metassl_ctx.recipe.method, metassl_ctx)
+    fixed_ctx = digits_context(digits, METHOD_BLOCKS["generative_cosine"])
+    fixed = METHODS.build(fixed_ctx.recipe.method, fixed_ctx)
+    with Tracker.open(tracking, run_name="grids") as tracker:
+        train(metassl, metassl_ctx, iterations=2)
+        metassl.log_artifacts(10, tracker)
+        metassl.log_artifacts(20, tracker)
+        grids = sorted(p.name for p in (tracker.artifact_dir / "bank").iterdir())
+    assert grids == ["step_000000.png", "step_000010.png", "step_000020.png"]
+    assert metassl.bank_grid().shape == (64, 1, 8, 8)
+    assert not torch.equal(metassl.bank_grid(), metassl.bank_grid(metassl.initial_grid_latents))
+    with Tracker.open(tracking, run_name="fixed") as tracker:
+        fixed.log_artifacts(10, tracker)
+        fixed.log_artifacts(20, tracker)  # a fixed bank does not change: one grid is enough
+        assert sorted(p.name for p in (tracker.artifact_dir / "bank").iterdir()) == ["step_000000.png"]
+
+
+def test_user_errors_name_the_field(digits: tuple[Any, Any, Digits]) -> None:
+    ctx = digits_context(digits, {"name": "generative"})
+    ctx.generator = None
+    with pytest.raises(UserError, match=r"generator\.name: method 'generative' needs a generator"):
+        METHODS.build(ctx.recipe.method, ctx)
+    block = {**METHOD_BLOCKS["metassl_exact"], "meta": {"scope": "last_blocks", "scope_blocks": 9}}
+    ctx = digits_context(digits, block)
+    with pytest.raises(UserError, match=r"method\.meta\.scope_blocks: 9 exceeds the classifier's 4 feature blocks"):
+        METHODS.build(ctx.recipe.method, ctx)
