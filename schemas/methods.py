@@ -69,15 +69,27 @@ class Meta(Block):
     virtual_lr: PositiveFloat | None = Field(
         default=None, description="eta of the virtual step; default: the classifier's learning rate"
     )
-    gradient: Literal["exact", "finite_difference"] = "finite_difference"
-    fd_epsilon: PositiveFloat = Field(default=0.01, description="epsilon scale of the finite-difference meta-gradient")
-    scope: Literal["all", "last_blocks"] = "all"
+    gradient: Literal["exact", "finite_difference"] = Field(
+        default="exact",
+        description="exact: second order through the virtual step; finite_difference: DARTS-style, first order only"
+        " (less memory, works with DDP)",
+    )
+    fd_epsilon: PositiveFloat = Field(
+        default=0.01, description="finite_difference: eps = fd_epsilon / |grad_theta' L_val| (DARTS)"
+    )
+    scope: Literal["all", "last_blocks"] = Field(
+        default="all", description="what the virtual step moves: every parameter, or the last feature blocks + head"
+    )
     scope_blocks: PositiveInt = Field(default=1, description="with scope=last_blocks: how many feature blocks")
-    resemblance: Literal["mmd", "mean_feature_l2", "nearest_cosine", "none"] = "mmd"
-    lambda_r: float = Field(default=1.0, ge=0.0)
+    resemblance: Literal["mmd", "mean_feature_l2", "nearest_cosine", "none"] = Field(
+        default="mmd", description="R: how synthetic features are pulled toward real labeled ones (theta fixed)"
+    )
+    lambda_r: float = Field(default=1.0, ge=0.0, description="weight of R in L_meta")
     latent_batch_size: PositiveInt = Field(default=64, description="latents per meta-step")
-    validation_batch_size: PositiveInt = 64
-    latent_constraint: Literal["none", "renormalize", "clip"] = "renormalize"
+    validation_batch_size: PositiveInt = Field(default=64, description="validation images per meta-step (also R's)")
+    latent_constraint: Literal["none", "renormalize", "clip"] = Field(
+        default="renormalize", description="after each update: z to norm sqrt(d), or each coordinate to [-clip, clip]"
+    )
     clip: PositiveFloat = Field(default=3.0, description="with latent_constraint=clip: |z| bound")
 
 

@@ -6,6 +6,9 @@ math on a smooth problem small enough for float64 finite differences.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -16,6 +19,17 @@ from schemas import validate_recipe
 
 SIZE = 4
 CLASSES = 3
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Toy-sized ops run faster on one thread, and do not slow down when other work shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class TinyGenerator(Generator):

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
-from method_toys import SourceTinyGenerator, TinyGenerator, ToyData, tiny_classifier, toy_context
+from method_toys import SourceTinyGenerator, TinyGenerator, ToyData, one_thread, tiny_classifier, toy_context
 
 from runner.methods.latent_bank import LatentBank, initial_latents
 from runner.methods.metassl import MetaSSL
 from runner.registry import METHODS
 from schemas import UserError
 from schemas.methods import LatentInit
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 def test_row_adam_is_adam_when_every_row_is_in_every_batch() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
-from method_toys import TinyGenerator, ToyData, tiny_classifier
+from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier
 
 from runner.generators.base import Latents
 from runner.methods.losses import make_unsup_loss
@@ -23,6 +25,12 @@ from runner.methods.virtual_step import scope_parameters, virtual_step
 
 DTYPE = torch.float64
 AUGMENT_SEED = 123
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 def setup(resemblance: str = "mmd", unsup: str = "feature_cosine", scope: str = "all", lambda_r: float = 0.3):
