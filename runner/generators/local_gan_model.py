@@ -24,6 +24,7 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
 
     The class embedding is mixed by `c` and concatenated to `z`; images come out in [0, 1].
     `source` records where the training images came from (split size, index hash, cluster sizes).
+    The cluster centroids are kept as buffers: they are the generator's source classifier (`source_logits`).
     """
 
     config_name = "config.json"
@@ -56,8 +57,17 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
             _up(base_channels, base_channels // 2),
             nn.Conv2d(base_channels // 2, channels, 3, padding=1),
         )
+        self.register_buffer("centroids", torch.zeros(num_classes, channels, image_size, image_size))
+        self.register_buffer("centroid_scale", torch.ones(()))
 
     def forward(self, noise: torch.Tensor, class_probs: torch.Tensor) -> torch.Tensor:
         embedding = class_probs.to(self.class_embedding.weight.dtype) @ self.class_embedding.weight
         hidden = self.project(torch.cat([noise, embedding], dim=1))
         return torch.tanh(self.body(hidden)) * 0.5 + 0.5
+
+    def source_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Nearest-centroid logits: minus the squared distance to each cluster's mean image, in units of
+        a quarter of the mean within-cluster squared distance. `images` in [0, 1] at the native size."""
+        flat = images.flatten(1).to(self.centroids.dtype)
+        distances = torch.cdist(flat, self.centroids.flatten(1)).square()
+        return -distances / (0.25 * self.centroid_scale)
