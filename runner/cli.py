@@ -77,6 +77,10 @@ def run(
         ),
     ] = None,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    parent_run_id: Annotated[
+        str | None, typer.Option("--parent-run-id", hidden=True, help="nest the new run under this run (sweeps)")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", hidden=True, help="extra run tag KEY=VALUE")] = None,
 ) -> None:
     """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
     from runner import session
@@ -93,7 +97,12 @@ def run(
         else:
             result = session.resume(resume, Tracking(tracking_uri=tracking_uri))
     else:
-        result = session.execute(_load(recipe, override))  # type: ignore[arg-type]
+        extra_tags = dict(item.partition("=")[::2] for item in tag or [])
+        result = session.execute(
+            _load(recipe, override),  # type: ignore[arg-type]
+            parent_run_id=parent_run_id,
+            extra_tags=extra_tags,
+        )
     typer.echo(f"run {result.run_id} finished: test accuracy {result.accuracy:.4f} in {result.wall_seconds:.1f} s")
 
 
@@ -227,6 +236,55 @@ def pretrain(
     quiet_libraries()
     path = pretrain_from_file(recipe, override or [], force=force)
     typer.echo(f"generator saved to {path}")
+
+
+@app.command()
+@user_errors
+def sweep(
+    recipe: RecipeArg,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", "-g", help="a key and its values: key.path=v1,v2 (repeatable; values are YAML)"),
+    ] = None,
+    override: Overrides = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="children run at the same time")] = 1,
+    name: Annotated[str | None, typer.Option("--name", help="the parent run's name")] = None,
+) -> None:
+    """Run the cross product of --grid values as child runs under one parent run; re-running skips finished ones.
+
+    [bold]metassl sweep recipes/digits_tiny.yaml --grid method.name=supervised,fixmatch --grid seed=0,1,2[/bold]
+    """
+    from runner.session import quiet_libraries
+    from runner.sweep import SweepFailed, run_sweep
+    from runner.sweep_plan import plan_sweep
+
+    quiet_libraries()
+    plan = plan_sweep(recipe, grid or [], override or [], name)
+    try:
+        run_sweep(plan, jobs)
+    except SweepFailed as exc:
+        typer.echo(f"sweep failed: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+@app.command()
+@user_errors
+def report(
+    source: Annotated[
+        str, typer.Argument(help="a sweep's parent run id, or an MLflow experiment name", show_default=False)
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", help="also write results.md, results.csv, results.png here")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="the metric to summarise")] = "final/test_accuracy",
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+) -> None:
+    """Mean ± std over seeds per method and label budget, as Markdown, CSV and a plot (logged to the parent run)."""
+    from runner.report import make_report
+    from runner.session import quiet_libraries
+
+    quiet_libraries()
+    typer.echo(make_report(source, tracking_uri, metric, output))
 
 
 def main() -> None:

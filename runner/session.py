@@ -95,8 +95,16 @@ def _log_run_outputs(tracker: Tracker, components: Components, evaluation: Evalu
             tracker.log_artifact(path, "model")
 
 
-def execute(recipe: Recipe, resume_run_id: str | None = None) -> RunResult:
-    """Train `recipe` in a new MLflow run, or continue `resume_run_id` from its last checkpoint."""
+def execute(
+    recipe: Recipe,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> RunResult:
+    """Train `recipe` in a new MLflow run, or continue `resume_run_id` from its last checkpoint.
+
+    `parent_run_id` nests the new run under a parent (a sweep); `extra_tags` are added to its tags.
+    """
     started = time.perf_counter()
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
     components = build_components(recipe, prepared)
@@ -105,8 +113,9 @@ def execute(recipe: Recipe, resume_run_id: str | None = None) -> RunResult:
         with Tracker.open(
             recipe.tracking,
             run_name=recipe.tracking.run_name or recipe.name,
-            tags=run_tags(recipe),
+            tags={**run_tags(recipe), **(extra_tags or {})},
             resume_run_id=resume_run_id,
+            parent_run_id=parent_run_id,
         ) as tracker:
             checkpoint_file = checkpoint_path(tracker.artifact_dir)
             state = LoopState()

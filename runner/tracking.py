@@ -92,6 +92,11 @@ class Tracker:
             raise
         client.set_terminated(run_id, status="FINISHED")
 
+    @classmethod
+    def attach(cls, tracking: Tracking, run_id: str) -> Tracker:
+        """Log more to an existing run without touching its status (a sweep's parent, a report)."""
+        return cls(_client(tracking), run_id)
+
     @property
     def artifact_dir(self) -> Path:
         """The run's local artifact folder (the store is local: `mlruns/`)."""
@@ -170,6 +175,13 @@ def find_run(tracking: Tracking, run_id: str) -> tuple[Any, Any]:
         ) from None
 
 
+def tracking_of_run(tracking_uri: str, run_id: str) -> tuple[Tracking, Any]:
+    """The `Tracking` (store + the run's experiment) of an existing run, and the run."""
+    client, run = find_run(Tracking(tracking_uri=tracking_uri), run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    return Tracking(tracking_uri=tracking_uri, experiment=experiment.name), run
+
+
 def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> str | None:
     """The newest run of this recipe that did not finish (to continue with `--resume RECIPE`)."""
     client = _client(tracking)
@@ -183,6 +195,52 @@ def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> str | None:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def _search(tracking: Tracking, filter_string: str, order_by: list[str] | None = None) -> list[Any]:
+    client = _client(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        return []
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id], filter_string, order_by=order_by, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def runs_with_tag(tracking: Tracking, key: str, value: str) -> list[Any]:
+    """Runs of the recipe's experiment whose tag `key` equals `value`, newest first."""
+    return _search(tracking, f"tags.`{key}` = '{_quote(value)}'", ["attributes.start_time DESC"])
+
+
+def child_runs(tracking: Tracking, parent_run_id: str) -> list[Any]:
+    """The nested runs of a parent (a sweep's children), newest first."""
+    return runs_with_tag(tracking, PARENT_TAG, parent_run_id)
+
+
+def experiment_runs(tracking: Tracking) -> list[Any]:
+    """Every run of the experiment, newest first; a UserError if the experiment does not exist."""
+    client = _client(tracking)
+    if client.get_experiment_by_name(tracking.experiment) is None:
+        raise UserError(
+            f"no experiment or run '{tracking.experiment}' in {tracking.tracking_uri}; list runs with `metassl runs`"
+        )
+    return _search(tracking, "", ["attributes.start_time DESC"])
+
+
+def mark_failed(tracking: Tracking, run_id: str) -> None:
+    """End a run left RUNNING by a process that died without cleaning up (SIGKILL, out of memory)."""
+    _client(tracking).set_terminated(run_id, status="FAILED")
 
 
 def list_runs(tracking: Tracking, max_results: int = 20) -> list[Any]:

@@ -1,0 +1,209 @@
+"""`metassl report`: mean ± std over seeds per method and label budget, from a sweep or a whole experiment."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.sweep_plan import CHILD_TAG, ROLE_TAG
+from runner.tracking import Tracker, child_runs, experiment_runs, tracking_of_run
+from schemas import UserError
+from schemas.training import Tracking
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+METHOD_ORDER = ["supervised", "fixmatch", "generative", "metassl"]
+# Grid keys already shown as the method and labels columns, or averaged over.
+NOT_GROUPED = {"seed", "name", "method.name", "data.labels_per_class", "data.total_labels"}
+
+
+@dataclass
+class Source:
+    title: str
+    tracking: Tracking
+    runs: list[Any]
+    group_keys: list[str]
+    parent_run_id: str | None = None
+
+
+@dataclass
+class Row:
+    group: dict[str, str]
+    values: list[float] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (n - 1); NaN for a single seed."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+
+def _varying(runs: list[Any]) -> list[str]:
+    """Params with two or more values among the runs that have them (tracking.* and seed aside)."""
+    seen: dict[str, set[str]] = {}
+    for run in runs:
+        for key, value in run.data.params.items():
+            seen.setdefault(key, set()).add(value)
+    return sorted(k for k, v in seen.items() if len(v) > 1 and not k.startswith("tracking.") and k not in NOT_GROUPED)
+
+
+def _newest_per(runs: list[Any], key_of: Any) -> list[Any]:
+    """Runs come newest first: keep the first per key, so a repeated config counts once."""
+    kept: dict[str, Any] = {}
+    for run in runs:
+        kept.setdefault(key_of(run), run)
+    return list(kept.values())
+
+
+def load_source(source: str, tracking_uri: str) -> Source:
+    if RUN_ID.match(source):
+        tracking, parent = tracking_of_run(tracking_uri, source)
+        children = child_runs(tracking, source)
+        if not children:
+            raise UserError(f"run {source} has no child runs; give a sweep's parent run id or an experiment name")
+        grid_keys = sorted(key.removeprefix("grid.") for key in parent.data.params if key.startswith("grid."))
+        finished = [run for run in children if run.info.status == "FINISHED"]
+        runs = _newest_per(finished, lambda run: run.data.tags.get(CHILD_TAG, run.info.run_id))
+        keys = [key for key in grid_keys if key not in NOT_GROUPED]
+        return Source(f"{parent.info.run_name} (parent run {source})", tracking, runs, keys, parent_run_id=source)
+    tracking = Tracking(tracking_uri=tracking_uri, experiment=source)
+    everything = [run for run in experiment_runs(tracking) if run.data.tags.get(ROLE_TAG) != "parent"]
+    finished = [run for run in everything if run.info.status == "FINISHED"]
+    runs = _newest_per(finished, lambda run: run.data.tags.get("metassl.recipe_hash", run.info.run_id))
+    return Source(f"experiment {source}", tracking, runs, _varying(runs))
+
+
+def _labels_order(labels: str) -> tuple[int, str]:
+    number = re.match(r"\d+", labels)
+    return (int(number.group()) if number else 10**9, labels)
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def summarise(source: Source, metric: str) -> tuple[list[str], list[Row], int]:
+    """(columns, rows sorted by labels then method, runs without the metric)."""
+    columns = ["method", "labels", *source.group_keys]
+    rows: dict[tuple[str, ...], Row] = {}
+    missing = 0
+    for run in source.runs:
+        value = run.data.metrics.get(metric)
+        if value is None:
+            missing += 1
+            continue
+        tags, params = run.data.tags, run.data.params
+        group = {
+            "method": tags.get("method", params.get("method.name", "?")),
+            "labels": tags.get("labels", "?"),
+            **{key: params.get(key, "-") for key in source.group_keys},
+        }
+        row = rows.setdefault(tuple(group.values()), Row(group))
+        row.values.append(float(value))
+        row.seeds.append(tags.get("seed", params.get("seed", "?")))
+        row.run_ids.append(run.info.run_id)
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (_labels_order(r.group["labels"]), _method_order(r.group["method"]), list(r.group.values())),
+    )
+    return columns, ordered, missing
+
+
+def _scale(metric: str) -> tuple[float, str]:
+    return (100.0, f"{metric} (%)") if "accuracy" in metric else (1.0, metric)
+
+
+def markdown(columns: list[str], rows: list[Row], metric: str) -> str:
+    factor, header = _scale(metric)
+    lines = [
+        "| " + " | ".join([*columns, "seeds", f"{header}, mean ± std"]) + " |",
+        "| " + " | ".join(["---"] * len(columns) + ["---:", "---:"]) + " |",
+    ]
+    for row in rows:
+        std = "n/a" if math.isnan(row.std) else f"{row.std * factor:.2f}"
+        cells = [row.group[c] for c in columns] + [str(len(row.values)), f"{row.mean * factor:.2f} ± {std}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(columns: list[str], rows: list[Row], metric: str) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*columns, "n", "seeds", f"{metric}_mean", f"{metric}_std", "run_ids"])
+    for row in rows:
+        std = "" if math.isnan(row.std) else f"{row.std:.6f}"
+        seeds, run_ids = " ".join(row.seeds), " ".join(row.run_ids)
+        writer.writerow([*(row.group[c] for c in columns), len(row.values), seeds, f"{row.mean:.6f}", std, run_ids])
+    return buffer.getvalue()
+
+
+def figure(columns: list[str], rows: list[Row], metric: str, title: str) -> Any:
+    """Grouped bars: one group per label budget, one bar per method (and other grid keys), std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factor, header = _scale(metric)
+    budgets = list(dict.fromkeys(row.group["labels"] for row in rows))
+    series = list(dict.fromkeys(_series(row, columns) for row in rows))
+    width = 0.8 / max(1, len(series))
+    fig, axes = plt.subplots(figsize=(max(5.0, 1.2 + 0.45 * len(rows)), 4.0))
+    for i, name in enumerate(series):
+        xs, means, stds = [], [], []
+        for row in rows:
+            if _series(row, columns) == name:
+                xs.append(budgets.index(row.group["labels"]) + (i - (len(series) - 1) / 2) * width)
+                means.append(row.mean * factor)
+                stds.append(0.0 if math.isnan(row.std) else row.std * factor)
+        axes.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+    axes.set_xticks(range(len(budgets)), [f"labels: {b}" for b in budgets])
+    axes.set_ylabel(f"{header}, mean ± std over seeds")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8, loc="best")
+    axes.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _series(row: Row, columns: list[str]) -> str:
+    return " ".join(row.group[c] if c == "method" else f"{c}={row.group[c]}" for c in columns if c != "labels")
+
+
+def make_report(source_name: str, tracking_uri: str, metric: str, output: Path | None) -> str:
+    """Build the table and plot; log them to the parent run (if any) and write them to `output` (if given)."""
+    import matplotlib.pyplot as plt
+
+    source = load_source(source_name, tracking_uri)
+    columns, rows, missing = summarise(source, metric)
+    if not rows:
+        raise UserError(f"{source.title}: no finished run has the metric '{metric}'")
+    table = markdown(columns, rows, metric)
+    note = f"{source.title}: {sum(len(r.values) for r in rows)} finished runs"
+    if missing:
+        note += f" ({missing} without {metric} left out)"
+    text = f"{note}; mean ± sample std over seeds\n\n{table}"
+    fig = figure(columns, rows, metric, source.title)
+    sheet = csv_text(columns, rows, metric)
+    if source.parent_run_id is not None:
+        tracker = Tracker.attach(source.tracking, source.parent_run_id)
+        tracker.log_text(text, "report/results.md")
+        tracker.log_text(sheet, "report/results.csv")
+        tracker.log_figure(fig, "report/results.png")
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "results.md").write_text(text)
+        (output / "results.csv").write_text(sheet)
+        fig.savefig(output / "results.png", dpi=120)
+    plt.close(fig)
+    return text
