@@ -85,9 +85,11 @@ def _mean_metrics(window: dict[str, list[Any]]) -> dict[str, float]:
     }
 
 
-def run_evaluation(components: Components) -> Evaluation:
+def run_evaluation(components: Components, split: str = "test") -> Evaluation:
+    """Evaluate on the test split, or on the held-out validation split (`val`) used for tuning."""
     data = components.data
-    batches = data.test_batches(components.recipe.data.eval_batch_size)
+    size = components.recipe.data.eval_batch_size
+    batches = data.test_batches(size) if split == "test" else data.holdout_batches(size)
     return evaluate(components.eval_model(), batches, data.num_classes, components.ctx.autocast)
 
 
@@ -161,6 +163,11 @@ def train(components: Components, tracker: Tracker, checkpoint_file: Path, state
                 state.last_accuracy = evaluation.accuracy
                 state.history["test/accuracy"].append((state.iteration, evaluation.accuracy))
                 tracker.log_metrics(evaluation.metrics(data.classes), step=state.iteration)
+                if data.validation is not None:
+                    validation = run_evaluation(components, "val")
+                    tracker.log_metrics(
+                        {"val/accuracy": validation.accuracy, "val/loss": validation.loss}, state.iteration
+                    )
                 method.log_artifacts(state.iteration, tracker)
                 if not console.is_terminal:
                     print(

@@ -84,6 +84,15 @@ class DeviceData:
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test set in order, as float batches without augmentation."""
-        for start in range(0, len(self.test), batch_size):
-            images = self.test.images[start : start + batch_size].to(self.device, non_blocking=True)
-            yield to_float(images), self.test.labels[start : start + batch_size].to(self.device, non_blocking=True)
+        return self._in_order(self.test, batch_size)
+
+    def holdout_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The held-out validation set (data.validation.source=holdout) in order, for tuning without the test set."""
+        if self.validation is None:
+            raise ValueError("no held-out validation set; set data.validation.source: holdout")
+        return self._in_order(self.validation, batch_size)
+
+    def _in_order(self, images: ImageSet, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(images), batch_size):
+            batch = images.images[start : start + batch_size].to(self.device, non_blocking=True)
+            yield to_float(batch), images.labels[start : start + batch_size].to(self.device, non_blocking=True)
