@@ -81,13 +81,13 @@ class Pretrain(Block):
         default=0.5, gt=0.0, lt=1.0, description="must match the target recipe's data.source_fraction"
     )
     clusters: PositiveInt = Field(default=10, le=1000, description="the generator's own source classes (k-means ids)")
-    iterations: PositiveInt = Field(default=1000, description="generator updates (one discriminator update each)")
-    batch_size: PositiveInt = 64
+    iterations: PositiveInt = Field(default=2000, description="generator updates (one discriminator update each)")
+    batch_size: PositiveInt = 32
     lr: PositiveFloat = Field(default=2e-4, description="Adam learning rate of G (D uses twice this)")
     ema_decay: float = Field(default=0.995, ge=0.0, lt=1.0, description="the saved G is this moving average")
     noise_dim: PositiveInt = 64
     base_channels: PositiveInt = Field(default=32, description="width of G and D")
-    grid_every: PositiveInt = Field(default=250, description="log a sample grid every N iterations")
+    grid_every: PositiveInt = Field(default=500, description="log a sample grid every N iterations")
     threads: PositiveInt | None = Field(default=None, description="torch CPU threads; default: runtime.threads, then 1")
     seed: int = 0
 

@@ -44,7 +44,9 @@ class LocalGANGenerator(Generator):
 
 
 def load_local_gan(path: Path, device: torch.device | str = "cpu") -> LocalGANGenerator:
-    model = load_pretrained(ConditionalGenerator, str(path), subfolder=None, local_files_only=True)
+    model = load_pretrained(
+        ConditionalGenerator, str(path), subfolder=None, local_files_only=True, low_cpu_mem_usage=False
+    )
     return LocalGANGenerator(model).to(device)
 
 

@@ -171,7 +171,8 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
             save_atomically(generator, path)
             seconds = time.perf_counter() - started
             tracker.log_metrics({"pretrain_seconds": seconds, **losses}, step=pretrain.iterations)
-            tracker.log_artifact(path, artifact_path="generator")
+            for file in sorted(path.iterdir()):
+                tracker.log_artifact(file, artifact_path="generator")
     return path
 
 

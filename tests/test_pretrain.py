@@ -1,0 +1,147 @@
+"""Pretraining the project's own generator: a few iterations on the real Fashion-MNIST source split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from runner.generators import pretrain as pretrain_module
+from runner.generators.local_gan import LocalGANGenerator, load_local_gan
+from runner.generators.pretrain import load_pretrain_recipe, pretrain_from_file, pretrain_generator
+from runner.registry import DATASETS, GENERATORS
+from schemas import RecipeError, UserError
+from schemas.data import FashionMNIST
+from schemas.generators import LocalGAN, Pretrain
+from schemas.training import Runtime, Tracking
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "generators" / "fashion_mnist_gan.yaml"
+TINY = {"iterations": 3, "batch_size": 8, "grid_every": 2, "base_channels": 8, "noise_dim": 8, "clusters": 4}
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist() -> None:
+    try:
+        DATASETS.build(FashionMNIST())
+    except UserError as error:
+        pytest.skip(f"Fashion-MNIST is not available: {error}")
+
+
+def tracking(root: Path) -> Tracking:
+    return Tracking(experiment="pretrain-test", tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root))
+
+
+def tiny_config(path: Path) -> LocalGAN:
+    return LocalGAN(path=path, pretrain=Pretrain(**TINY))
+
+
+@pytest.fixture(scope="module")
+def trained(fashion_mnist: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalGAN, Tracking]:
+    root = tmp_path_factory.mktemp("pretrain")
+    config, track = tiny_config(root / "gan"), tracking(root / "mlruns")
+    assert pretrain_generator(config, tracking=track, runtime=Runtime(device="cpu")) == root / "gan"
+    return config, track
+
+
+def test_checkpoint_loads_through_the_registry(trained: tuple[LocalGAN, Tracking]) -> None:
+    config, _ = trained
+    generator = GENERATORS.build(LocalGAN(path=config.path), class_names=[], device=torch.device("cpu"))
+    assert isinstance(generator, LocalGANGenerator)
+    assert generator.spec.noise_shape == (8,) and generator.spec.condition_shape == (4,)
+    images = generator(generator.sample_latents(5), size=32, channels=3)
+    assert images.shape == (5, 3, 32, 32)
+    assert not any(name.startswith(".") for name in map(lambda p: p.name, config.path.parent.iterdir()))
+
+
+def test_source_split_is_recorded(trained: tuple[LocalGAN, Tracking]) -> None:
+    config, track = trained
+    source = load_local_gan(config.path).model.config.source
+    splits = DATASETS.build(FashionMNIST())
+    assert source["source_count"] == len(splits.source) == 30000
+    assert source["train_count"] == len(splits.train) and source["test_count"] == len(splits.test)
+    assert sum(source["cluster_sizes"]) == source["source_count"] and len(source["cluster_sizes"]) == 4
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(track.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(track.experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["source.source_sha256"] == source["source_sha256"]
+    assert "loss/d" in run.data.metrics and "loss/g" in run.data.metrics
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert (artifacts / "samples" / "step_000003.png").is_file()
+    assert (artifacts / "generator" / "config.json").is_file()
+
+
+def test_second_call_uses_the_cache(trained: tuple[LocalGAN, Tracking], monkeypatch: pytest.MonkeyPatch) -> None:
+    config, track = trained
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("retrained although the checkpoint exists")
+
+    monkeypatch.setattr(pretrain_module, "train_gan", fail)
+    before = (config.path / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert pretrain_generator(config, tracking=track, runtime=Runtime(device="cpu")) == config.path
+    GENERATORS.build(config, class_names=[], device=torch.device("cpu"))
+    assert (config.path / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_builder_pretrains_on_first_use(fashion_mnist: None, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "first_use")
+    generator = GENERATORS.build(
+        config, class_names=[], device=torch.device("cpu"), tracking=tracking(tmp_path / "mlruns")
+    )
+    assert isinstance(generator, LocalGANGenerator)
+    assert (tmp_path / "first_use" / "config.json").is_file()
+
+
+def test_force_retrains_in_place(fashion_mnist: None, tmp_path: Path) -> None:
+    config, track = tiny_config(tmp_path / "gan"), tracking(tmp_path / "mlruns")
+    pretrain_generator(config, tracking=track, runtime=Runtime(device="cpu"))
+    first = load_local_gan(config.path).model.state_dict()
+    forced = config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"seed": 1})})
+    pretrain_generator(forced, tracking=track, runtime=Runtime(device="cpu"), force=True)
+    second = load_local_gan(config.path).model.state_dict()
+    assert not torch.equal(first["class_embedding.weight"], second["class_embedding.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gan", "mlruns"]
+
+
+def test_generator_recipe_and_overrides() -> None:
+    recipe = load_pretrain_recipe(RECIPE, ["generator.pretrain.iterations=7", "generator.path=/tmp/x"])
+    assert recipe.name == "fashion_mnist_gan"
+    assert recipe.generator.pretrain.iterations == 7 and recipe.generator.path == Path("/tmp/x")
+
+
+def test_full_training_recipe_uses_its_generator_block(tmp_path: Path) -> None:
+    document = {
+        "name": "fmnist_method",
+        "data": {"name": "fashion_mnist"},
+        "generator": {"name": "local_gan", "path": "gan", "pretrain": {"iterations": 5}},
+        "classifier": {"name": "small_cnn"},
+        "method": {"name": "supervised"},
+        "tracking": {"experiment": "elsewhere"},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(document))
+    recipe = load_pretrain_recipe(path, [])
+    assert recipe.generator.pretrain.iterations == 5 and recipe.tracking.experiment == "elsewhere"
+    document["generator"] = {"name": "none"}
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(RecipeError, match="only 'local_gan' can be pretrained"):
+        load_pretrain_recipe(path, [])
+
+
+def test_bad_pretrain_recipe_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ngenerator: {name: local_gan, path: p, pretrain: {iteratons: 5}}\n")
+    with pytest.raises(RecipeError) as error:
+        pretrain_from_file(path, [])
+    assert "generator.pretrain.iteratons: unknown field" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_pretrain_block(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"generator\.pretrain: missing"):
+        pretrain_generator(LocalGAN(path=tmp_path / "g"), tracking=tracking(tmp_path), runtime=Runtime())
