@@ -51,12 +51,28 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return PreparedData(splits, label_split)
 
 
+def check_source_disjoint(recipe: Recipe, generator: Any) -> None:
+    """A generator trained on this dataset must have used the same source split the recipe keeps unlabeled."""
+    source = getattr(getattr(getattr(generator, "model", None), "config", None), "source", None)
+    if not source or source.get("dataset") != recipe.data.name:
+        return
+    expected = getattr(recipe.data, "source_fraction", None)
+    if expected is not None and abs(source["source_fraction"] - expected) > 1e-9:
+        raise UserError(
+            f"data.source_fraction: {expected} differs from the {source['source_fraction']} the generator at "
+            f"{recipe.generator.path} was trained with, so labeled images could be in its training set; set them equal"
+        )
+
+
 def build_components(recipe: Recipe, prepared: PreparedData) -> Components:
     device = select_device(recipe.runtime)
     configure(recipe.runtime, recipe.seed, device)
     data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size).to(device)
-    generator = GENERATORS.build(recipe.generator, class_names=data.classes, device=device)
+    generator = GENERATORS.build(
+        recipe.generator, class_names=data.classes, device=device, tracking=recipe.tracking, runtime=recipe.runtime
+    )
+    check_source_disjoint(recipe, generator)
     optimizer = build_optimizer(recipe.optim.classifier, classifier)
     scheduler = build_scheduler(recipe.optim.lr_schedule, optimizer, recipe.schedule.iterations)
     ema = EMA(classifier, recipe.optim.ema.decay) if recipe.optim.ema.enabled else None
