@@ -1,0 +1,260 @@
+"""Seconds per iteration, peak memory and the meta/SSL split of every method, in one process, at equal batch sizes.
+
+    python benchmarks/phase_cost.py --config cpu_demo --output phase_cost_cpu.json
+    python benchmarks/phase_cost.py --config all --device cuda --iterations 50 --output phase_cost_cuda.json
+
+Each method runs the loop's iteration body (runner/loop.py: labeled batch, meta phase, SSL loss, backward,
+optimizer and scheduler step) on components built through the real registries, with synthetic in-memory data.
+On CUDA the iteration runs under bf16 autocast (the runtime default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.setups import METHOD_VARIANTS, SETUPS, Setup, build, build_generator, recipe_for, synthetic_data
+from runner.build import Components
+
+
+class CpuPeak:
+    """Peak resident memory above the level at `start()`, sampled every 2 ms from /proc/self/statm.
+
+    Freed memory is handed back to the OS first (gc + malloc_trim) so that an earlier method's peak does not
+    hide this one's. Process-wide: it counts everything this method builds and touches.
+    """
+
+    source = "CPU: peak RSS above the pre-build level, sampled every 2 ms from /proc/self/statm"
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.baseline = self.peak = 0
+        self.running = False
+        self.thread: threading.Thread | None = None
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * self.page
+
+    def start(self) -> None:
+        gc.collect()
+        with contextlib.suppress(OSError):  # glibc only
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.baseline = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+    def stop(self) -> int:
+        self.running = False
+        if self.thread is not None:
+            self.thread.join()
+        return max(self.peak, self.rss()) - self.baseline
+
+
+class CudaPeak:
+    source = "CUDA: torch.cuda.max_memory_allocated during build + iterations (all live tensors)"
+
+    def start(self) -> None:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+    def stop(self) -> int:
+        return torch.cuda.max_memory_allocated()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def iteration(components: Components, step: int) -> tuple[float, float]:
+    """One iteration exactly as `runner.loop.train` runs it after warm-up: (meta seconds, SSL seconds)."""
+    recipe, method, device = components.recipe, components.method, components.device
+    start = time.perf_counter()
+    images, labels = components.data.labeled_batch(recipe.data.batch_size)
+    meta_seconds = 0.0
+    if method.has_meta_phase and step % recipe.schedule.meta.every == 0:
+        sync(device)
+        meta_start = time.perf_counter()
+        method.meta_phase(step, recipe.schedule.meta.steps)
+        sync(device)
+        meta_seconds = time.perf_counter() - meta_start
+    with components.ctx.autocast():
+        loss, _ = method.ssl_loss(step, images, labels)
+    components.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    components.optimizer.step()
+    components.scheduler.step()
+    sync(device)
+    return meta_seconds, time.perf_counter() - start - meta_seconds
+
+
+def time_method(
+    setup: Setup, variant: str, args: argparse.Namespace, data: Any, device: torch.device, memory: Any
+) -> dict[str, Any]:
+    unlabeled = args.mu * args.batch_size
+    recipe = recipe_for(setup, variant, args.batch_size, unlabeled, device.type, args.warmup + args.iterations + 1)
+    memory.start()
+    generator, generator_source = None, None
+    if recipe.method.name in ("generative", "metassl"):
+        generator, generator_source = build_generator(setup, device, data[0].classes)
+    components = build(recipe, data, generator)
+    components.classifier.train()
+    for step in range(args.warmup):
+        iteration(components, step)
+    timings = [iteration(components, args.warmup + step) for step in range(args.iterations)]
+    peak = memory.stop()
+    meta = statistics.median(t[0] for t in timings)
+    ssl = statistics.median(t[1] for t in timings)
+    total = statistics.median(t[0] + t[1] for t in timings)
+    images = args.batch_size + (unlabeled if recipe.method.name != "supervised" else 0)
+    del components, generator
+    return {
+        "method": variant,
+        "s_per_iteration": total,
+        "meta_s": meta if recipe.method.name == "metassl" else None,
+        "ssl_s": ssl,
+        "images_per_iteration": images,
+        "images_per_s": images / total,
+        "peak_memory_mb": peak / 2**20,
+        "generator": generator_source,
+    }
+
+
+def run_setup(setup: Setup, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    batch = args.batch_size or setup.batch_size
+    setup_args = argparse.Namespace(**{**vars(args), "batch_size": batch})
+    data = synthetic_data(setup)
+    memory = CudaPeak() if device.type == "cuda" else CpuPeak()
+    # Untimed: load kernels, thread pools and allocator pools once, so the first method measured pays no more.
+    prime = argparse.Namespace(**{**vars(setup_args), "iterations": 1})
+    time_method(setup, "supervised", prime, data, device, memory)
+    rows = []
+    for variant in args.methods:
+        print(f"[{setup.name}] {variant} ...", file=sys.stderr, flush=True)
+        rows.append(time_method(setup, variant, setup_args, data, device, memory))
+    by_name = {row["method"]: row for row in rows}
+    for row in rows:
+        for baseline in ("supervised", "fixmatch"):
+            base = by_name.get(baseline)
+            row[f"x_{baseline}"] = row["s_per_iteration"] / base["s_per_iteration"] if base else None
+    return {
+        "config": setup.name,
+        "image_size": setup.image_size,
+        "classifier": setup.classifier["name"],
+        "batch_size": batch,
+        "unlabeled_batch_size": args.mu * batch,
+        "meta_latent_batch_size": batch,
+        "warmup_iterations": args.warmup,
+        "timed_iterations": args.iterations,
+        "memory": memory.source,
+        "methods": rows,
+    }
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"**{result['config']}** ({result['image_size']} px, {result['classifier']}; B = {result['batch_size']} "
+        f"labeled, {result['unlabeled_batch_size']} unlabeled/synthetic, {result['meta_latent_batch_size']} latents "
+        f"per meta-step; median of {result['timed_iterations']} iterations after {result['warmup_iterations']} "
+        f"warm-up; memory: {result['memory']})",
+        "",
+        "| method | s / iteration | x supervised | x FixMatch | meta phase s | SSL phase s | images/s | peak MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["methods"]:
+        cells = [
+            row["method"],
+            _number(row["s_per_iteration"], 4),
+            _number(row["x_supervised"], 2),
+            _number(row["x_fixmatch"], 2),
+            _number(row["meta_s"], 4),
+            _number(row["ssl_s"], 4),
+            _number(row["images_per_s"], 1),
+            _number(row["peak_memory_mb"], 0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    generators = {row["generator"] for row in result["methods"] if row["generator"]}
+    if generators:
+        lines += ["", "generator: " + "; ".join(sorted(generators))]
+    return "\n".join(lines) + "\n"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["precision"] = "bf16 autocast"
+    else:
+        info["precision"] = "fp32"
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=[*SETUPS, "all"], default="cpu_demo")
+    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per method")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per method first")
+    parser.add_argument("--batch-size", type=int, default=None, help="labeled batch B (default: per config)")
+    parser.add_argument("--mu", type=int, default=2, help="unlabeled/synthetic images per labeled image")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHOD_VARIANTS), default=list(METHOD_VARIANTS), metavar="METHOD"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    names = list(SETUPS) if args.config == "all" else [args.config]
+    results = {"environment": environment(device), "configs": []}
+    for name in names:
+        result = run_setup(SETUPS[name], args, device)
+        results["configs"].append(result)
+        print(markdown(result), flush=True)
+    if args.output is not None:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
