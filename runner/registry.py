@@ -50,12 +50,22 @@ class Registry(Generic[Builder]):
                 importlib.import_module(module.name)
         load_plugins()
 
+    def _import_namesake(self, name: str) -> None:
+        """Import only `<location>.<name>` when it exists: a supervised run need not import diffusers."""
+        for location in self.locations:
+            package = importlib.import_module(location)
+            if any(module.name == name for module in pkgutil.iter_modules(package.__path__)):
+                importlib.import_module(f"{location}.{name}")
+
     def names(self) -> list[str]:
         self._import_locations()
         return sorted(self._builders)
 
     def get(self, name: str) -> Builder:
-        self._import_locations()
+        if name not in self._builders:
+            self._import_namesake(name)
+        if name not in self._builders:
+            self._import_locations()
         if name not in self._builders:
             known = self.names()
             close = difflib.get_close_matches(name, known, n=1)
