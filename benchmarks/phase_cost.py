@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.setups import METHOD_VARIANTS, SETUPS, Setup, build, build_generator, recipe_for, synthetic_data
 from runner.build import Components
+from runner.environment import git_commit
 
 
 class CpuPeak:
@@ -213,6 +214,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

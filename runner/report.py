@@ -71,11 +71,11 @@ def load_source(source: str, tracking_uri: str) -> Source:
         children = child_runs(tracking, source)
         if not children:
             raise UserError(f"run {source} has no child runs; give a sweep's parent run id or an experiment name")
-        grid_keys = sorted(key.removeprefix("grid.") for key in parent.data.params if key.startswith("grid."))
         finished = [run for run in children if run.info.status == "FINISHED"]
         runs = _newest_per(finished, lambda run: run.data.tags.get(CHILD_TAG, run.info.run_id))
-        keys = [key for key in grid_keys if key not in NOT_GROUPED]
-        return Source(f"{parent.info.run_name} (parent run {source})", tracking, runs, keys, parent_run_id=source)
+        # Varying params rather than grid keys: a grid over whole blocks (method={...},{...}) has no param of its own.
+        title = f"{parent.info.run_name} (parent run {source})"
+        return Source(title, tracking, runs, _varying(runs), parent_run_id=source)
     tracking = Tracking(tracking_uri=tracking_uri, experiment=source)
     everything = [run for run in experiment_runs(tracking) if run.data.tags.get(ROLE_TAG) != "parent"]
     finished = [run for run in everything if run.info.status == "FINISHED"]
