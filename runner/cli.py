@@ -247,7 +247,12 @@ def sweep(
         typer.Option("--grid", "-g", help="a key and its values: key.path=v1,v2 (repeatable; values are YAML)"),
     ] = None,
     override: Overrides = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="children run at the same time")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, help="children run at the same time (on a CPU, pair with -o runtime.threads=1)"
+        ),
+    ] = 1,
     name: Annotated[str | None, typer.Option("--name", help="the parent run's name")] = None,
 ) -> None:
     """Run the cross product of --grid values as child runs under one parent run; re-running skips finished ones.
