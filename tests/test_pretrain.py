@@ -145,3 +145,12 @@ def test_bad_pretrain_recipe_is_one_line(tmp_path: Path) -> None:
 def test_missing_pretrain_block(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"generator\.pretrain: missing"):
         pretrain_generator(LocalGAN(path=tmp_path / "g"), tracking=tracking(tmp_path), runtime=Runtime())
+
+
+def test_cached_checkpoint_trained_differently_is_refused(trained: tuple[LocalGAN, Tracking]) -> None:
+    config, _ = trained
+    same = GENERATORS.build(config, class_names=[], device=torch.device("cpu"))
+    assert isinstance(same, LocalGANGenerator)
+    different = config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"iterations": 999})})
+    with pytest.raises(UserError, match=r"generator\.pretrain: .*iterations=.*\(recipe: 999\)"):
+        GENERATORS.build(different, class_names=[], device=torch.device("cpu"))

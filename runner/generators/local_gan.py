@@ -5,6 +5,7 @@ With a `pretrain` block, a missing checkpoint is trained on first use and cached
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -17,9 +18,29 @@ from schemas.errors import UserError
 from schemas.generators import LocalGAN
 from schemas.training import Runtime, Tracking
 
+PRETRAIN_RECORD = "pretrain.json"
+# Fields that change how pretraining runs, not what it trains.
+_RUN_ONLY_FIELDS = {"threads", "grid_every"}
+
 
 def has_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def check_pretrain_matches(config: LocalGAN) -> None:
+    """A cached checkpoint must have been trained with the recipe's pretrain block (it is cached by path only)."""
+    record = config.path / PRETRAIN_RECORD
+    if config.pretrain is None or not record.is_file():
+        return
+    trained = json.loads(record.read_text())
+    wanted = config.pretrain.model_dump(mode="json")
+    differing = sorted(k for k in wanted if k not in _RUN_ONLY_FIELDS and trained.get(k) != wanted[k])
+    if differing:
+        detail = ", ".join(f"{k}={trained.get(k)!r} (recipe: {wanted[k]!r})" for k in differing)
+        raise UserError(
+            f"generator.pretrain: the checkpoint at {config.path} was trained with {detail}; "
+            "retrain with `metassl pretrain RECIPE --force` or set generator.path to another folder"
+        )
 
 
 class LocalGANGenerator(Generator):
@@ -73,4 +94,5 @@ def build_local_gan(
 
         runtime = runtime or Runtime(device="cuda" if device.type == "cuda" else "cpu")
         pretrain_generator(config, tracking=tracking or Tracking(), runtime=runtime)
+    check_pretrain_matches(config)
     return load_local_gan(config.path, device)

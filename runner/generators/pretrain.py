@@ -8,6 +8,7 @@ renamed into place, so an interrupted run never leaves half a checkpoint behind.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from runner.generators.discriminator import ProjectionDiscriminator
-from runner.generators.local_gan import has_checkpoint
+from runner.generators.local_gan import PRETRAIN_RECORD, has_checkpoint
 from runner.generators.local_gan_model import ConditionalGenerator
 from runner.generators.source import SourceSet, build_source
 from schemas.errors import RecipeError, UserError
@@ -121,11 +122,14 @@ def log_grid(generator: ConditionalGenerator, noise: torch.Tensor, classes: torc
     return samples
 
 
-def save_atomically(generator: ConditionalGenerator, path: Path) -> None:
+def save_atomically(generator: ConditionalGenerator, path: Path, pretrain: Pretrain | None = None) -> None:
+    """Save into a staging folder, then rename it into place; `pretrain.json` records how it was trained."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     generator.save_pretrained(staging, safe_serialization=True)
+    if pretrain is not None:
+        (staging / PRETRAIN_RECORD).write_text(json.dumps(pretrain.model_dump(mode="json"), indent=2))
     if path.exists():
         retired = path.parent / f".{path.name}.old-{os.getpid()}"
         os.replace(path, retired)
@@ -168,7 +172,7 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
             tracker.log_image_grid(real, "samples/source_real.png", nrow=GRID_PER_CLUSTER)
             generator, losses = train_gan(generator, source, pretrain, device, tracker)
             generator.to("cpu")
-            save_atomically(generator, path)
+            save_atomically(generator, path, pretrain)
             seconds = time.perf_counter() - started
             tracker.log_metrics({"pretrain_seconds": seconds, **losses}, step=pretrain.iterations)
             for file in sorted(path.iterdir()):
