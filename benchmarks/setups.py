@@ -12,16 +12,14 @@ from typing import Any
 
 import torch
 
-from runner.build import Components
+from runner.build import Components, assemble
 from runner.classifiers.base import Classifier
 from runner.data.device_data import DeviceData
 from runner.data.split import LabelSplit
 from runner.data.types import DatasetSplits, ImageSet
 from runner.generators.base import Generator
-from runner.methods.base import TrainContext
-from runner.optim import build_optimizer, build_scheduler
-from runner.registry import CLASSIFIERS, GENERATORS, METHODS
-from runner.runtime import autocast_factory, configure
+from runner.registry import CLASSIFIERS, GENERATORS
+from runner.runtime import configure
 from schemas import Recipe, validate_recipe
 
 LOCAL_GAN_PATH = Path(".cache/generators/fashion_mnist_gan")
@@ -157,19 +155,4 @@ def build(recipe: Recipe, data: tuple[DatasetSplits, LabelSplit], generator: Gen
     classifier: Classifier = CLASSIFIERS.build(
         recipe.classifier, device_data.num_classes, device_data.channels, device_data.image_size
     ).to(device)
-    optimizer = build_optimizer(recipe.optim.classifier, classifier)
-    scheduler = build_scheduler(recipe.optim.lr_schedule, optimizer, recipe.schedule.iterations)
-    ctx = TrainContext(
-        recipe=recipe,
-        classifier=classifier,
-        data=device_data,
-        generator=generator,
-        device=device,
-        autocast=autocast_factory(recipe.runtime, device),
-        current_lr=lambda: optimizer.param_groups[0]["lr"],
-        seed=recipe.seed,
-    )
-    method = METHODS.build(recipe.method, ctx)
-    return Components(
-        recipe, device, device_data, split, classifier, generator, method, optimizer, scheduler, None, ctx
-    )
+    return assemble(recipe, device_data, split, classifier, generator)

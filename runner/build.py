@@ -73,23 +73,28 @@ def build_components(recipe: Recipe, prepared: PreparedData) -> Components:
         recipe.generator, class_names=data.classes, device=device, tracking=recipe.tracking, runtime=recipe.runtime
     )
     check_source_disjoint(recipe, generator)
+    return assemble(recipe, data, prepared.label_split, classifier, generator)
+
+
+def assemble(
+    recipe: Recipe, data: DeviceData, label_split: LabelSplit, classifier: Classifier, generator: Any
+) -> Components:
+    """Optimizer, schedule, EMA and the method around an already built classifier and generator."""
+    device = data.device
     optimizer = build_optimizer(recipe.optim.classifier, classifier)
     scheduler = build_scheduler(recipe.optim.lr_schedule, optimizer, recipe.schedule.iterations)
     ema = EMA(classifier, recipe.optim.ema.decay) if recipe.optim.ema.enabled else None
-    autocast = autocast_factory(recipe.runtime, device)
     ctx = TrainContext(
         recipe=recipe,
         classifier=classifier,
         data=data,
         generator=generator,
         device=device,
-        autocast=autocast,
+        autocast=autocast_factory(recipe.runtime, device),
         current_lr=lambda: optimizer.param_groups[0]["lr"],
         seed=recipe.seed,
     )
     method = METHODS.build(recipe.method, ctx)
     if method.uses_generator and generator is None:
         raise UserError(f"generator.name: method '{recipe.method.name}' needs a generator; set generator.name")
-    return Components(
-        recipe, device, data, prepared.label_split, classifier, generator, method, optimizer, scheduler, ema, ctx
-    )
+    return Components(recipe, device, data, label_split, classifier, generator, method, optimizer, scheduler, ema, ctx)
