@@ -156,13 +156,14 @@ def figure(columns: list[str], rows: list[Row], metric: str, title: str) -> Any:
 
     factor, header = _scale(metric)
     budgets = list(dict.fromkeys(row.group["labels"] for row in rows))
-    series = list(dict.fromkeys(_series(row, columns) for row in rows))
+    label_of = _series_labels(rows, columns)
+    series = list(dict.fromkeys(label_of[id(row)] for row in rows))
     width = 0.8 / max(1, len(series))
     fig, axes = plt.subplots(figsize=(max(5.0, 1.2 + 0.45 * len(rows)), 4.0))
     for i, name in enumerate(series):
         xs, means, stds = [], [], []
         for row in rows:
-            if _series(row, columns) == name:
+            if label_of[id(row)] == name:
                 xs.append(budgets.index(row.group["labels"]) + (i - (len(series) - 1) / 2) * width)
                 means.append(row.mean * factor)
                 stds.append(0.0 if math.isnan(row.std) else row.std * factor)
@@ -170,14 +171,25 @@ def figure(columns: list[str], rows: list[Row], metric: str, title: str) -> Any:
     axes.set_xticks(range(len(budgets)), [f"labels: {b}" for b in budgets])
     axes.set_ylabel(f"{header}, mean ± std over seeds")
     axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8, loc="best")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def _series(row: Row, columns: list[str]) -> str:
-    return " ".join(row.group[c] if c == "method" else f"{c}={row.group[c]}" for c in columns if c != "labels")
+def _series_labels(rows: list[Row], columns: list[str]) -> dict[int, str]:
+    """A legend label per row: the method, plus only the settings that differ between that method's rows."""
+    keys = [c for c in columns if c not in ("method", "labels")]
+    by_method: dict[str, list[Row]] = {}
+    for row in rows:
+        by_method.setdefault(row.group["method"], []).append(row)
+    labels = {}
+    for method, method_rows in by_method.items():
+        differing = [k for k in keys if len({r.group[k] for r in method_rows}) > 1]
+        for row in method_rows:
+            details = ", ".join(f"{k.rsplit('.', 1)[-1]}={row.group[k]}" for k in differing)
+            labels[id(row)] = f"{method} ({details})" if details else method
+    return labels
 
 
 def make_report(source_name: str, tracking_uri: str, metric: str, output: Path | None) -> str:

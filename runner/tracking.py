@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -184,20 +182,15 @@ def tracking_of_run(tracking_uri: str, run_id: str) -> tuple[Tracking, Any]:
 
 def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> str | None:
     """The newest run of this recipe that did not finish (to continue with `--resume RECIPE`)."""
-    client = _client(tracking)
-    experiment = client.get_experiment_by_name(tracking.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`metassl.recipe_hash` = '{recipe_hash}' and attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    filter_string = f"tags.`metassl.recipe_hash` = '{_quote(recipe_hash)}' and attributes.status != 'FINISHED'"
+    runs = _search(tracking, filter_string, ["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
 
-def _search(tracking: Tracking, filter_string: str, order_by: list[str] | None = None) -> list[Any]:
+def _search(
+    tracking: Tracking, filter_string: str, order_by: list[str] | None = None, max_results: int | None = None
+) -> list[Any]:
+    """Runs of the tracking block's experiment matching `filter_string`, all pages (or the first `max_results`)."""
     client = _client(tracking)
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is None:
@@ -205,12 +198,13 @@ def _search(tracking: Tracking, filter_string: str, order_by: list[str] | None =
     runs: list[Any] = []
     token = None
     while True:
+        page_size = 1000 if max_results is None else min(1000, max_results - len(runs))
         page = client.search_runs(
-            [experiment.experiment_id], filter_string, order_by=order_by, max_results=1000, page_token=token
+            [experiment.experiment_id], filter_string, order_by=order_by, max_results=page_size, page_token=token
         )
         runs.extend(page)
         token = page.token
-        if not token:
+        if not token or (max_results is not None and len(runs) >= max_results):
             return runs
 
 
@@ -244,17 +238,4 @@ def mark_failed(tracking: Tracking, run_id: str) -> None:
 
 
 def list_runs(tracking: Tracking, max_results: int = 20) -> list[Any]:
-    client = _client(tracking)
-    experiment = client.get_experiment_by_name(tracking.experiment)
-    if experiment is None:
-        return []
-    return list(
-        client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=max_results)
-    )
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a killed run never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    return _search(tracking, "", ["attributes.start_time DESC"], max_results=max_results)

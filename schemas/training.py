@@ -75,4 +75,3 @@ class Runtime(Block):
     )
     threads: PositiveInt | None = Field(default=None, description="torch CPU threads; default: torch's choice")
     deterministic: bool = Field(default=True, description="deterministic algorithms (CPU runs repeat exactly)")
-    compile: bool = Field(default=False, description="torch.compile the classifier (CUDA only)")

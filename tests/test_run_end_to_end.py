@@ -110,8 +110,8 @@ def test_killed_run_resumes_to_the_same_final_metrics(finished_run: tuple[Path, 
     killed = checkpoints[0].parents[2].name
     assert client.get_run(killed).info.status == "RUNNING"  # killed mid-run, not finished
 
-    store_uri = f"sqlite:///{tmp_path / 'mlruns'}/mlflow.db"
-    resumed = metassl("run", "--resume", killed, "--tracking-uri", store_uri)
+    # `--resume RECIPE` (with the same overrides) finds the newest unfinished run of that exact recipe.
+    resumed = metassl("run", "--resume", DIGITS, *LONGER, *tracking_overrides(tmp_path))
     assert run_id_of(resumed) == killed
     assert "resuming run" in resumed.stderr
     assert client.get_run(killed).info.status == "FINISHED"
@@ -130,3 +130,18 @@ def test_eval_reproduces_the_logged_accuracy(finished_run: tuple[Path, str]):
     result = metassl("eval", run_id, "--tracking-uri", f"sqlite:///{store / 'mlruns'}/mlflow.db")
     assert result.returncode == 0, result.stderr
     assert "matches" in result.stdout
+
+
+def test_resume_by_recipe_without_an_unfinished_run(tmp_path: Path):
+    result = metassl("run", "--resume", DIGITS, *tracking_overrides(tmp_path))
+    assert result.returncode == 2
+    assert "no unfinished run of recipe 'digits_tiny'" in result.stderr
+
+
+def test_runs_lists_the_run_with_its_accuracy(finished_run: tuple[Path, str]):
+    store, run_id = finished_run
+    result = metassl("runs", "--tracking-uri", f"sqlite:///{store / 'mlruns'}/mlflow.db")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith(run_id))
+    accuracy = client_for(store).get_run(run_id).data.metrics["final/test_accuracy"]
+    assert "FINISHED" in line and f"{accuracy:.4f}" in line
