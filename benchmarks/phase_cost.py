@@ -90,8 +90,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def iteration(components: Components, step: int) -> tuple[float, float]:
-    """One iteration exactly as `runner.loop.train` runs it after warm-up: (meta seconds, SSL seconds)."""
+def iteration(components: Components, step: int) -> tuple[float, float, int]:
+    """One iteration as `runner.loop.train` runs it after warm-up: (meta s, SSL s, images generated in SSL)."""
     recipe, method, device = components.recipe, components.method, components.device
     start = time.perf_counter()
     images, labels = components.data.labeled_batch(recipe.data.batch_size)
@@ -103,13 +103,25 @@ def iteration(components: Components, step: int) -> tuple[float, float]:
         sync(device)
         meta_seconds = time.perf_counter() - meta_start
     with components.ctx.autocast():
-        loss, _ = method.ssl_loss(step, images, labels)
+        loss, metrics = method.ssl_loss(step, images, labels)
     components.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     components.optimizer.step()
     components.scheduler.step()
     sync(device)
-    return meta_seconds, time.perf_counter() - start - meta_seconds
+    generated = metrics.get("synthetic/generated", getattr(method.config, "unlabeled_batch_size", 0))
+    return meta_seconds, time.perf_counter() - start - meta_seconds, int(generated)
+
+
+def render_whole_bank(method: Any) -> None:
+    """Steady state for the sample cache: every bank row generated once, as after the first few hundred
+    iterations of a run, so the timed iterations generate only what the meta phase has moved."""
+    cache, bank = getattr(method, "cache", None), getattr(method, "bank", None)
+    if cache is None or bank is None:
+        return
+    with method.ctx.autocast():
+        for rows in torch.arange(len(bank), device=bank.noise.device).split(256):
+            cache.get(rows)
 
 
 def time_method(
@@ -123,10 +135,12 @@ def time_method(
         generator, generator_source = build_generator(setup, device, data[0].classes)
     components = build(recipe, data, generator)
     components.classifier.train()
+    render_whole_bank(components.method)
     for step in range(args.warmup):
         iteration(components, step)
     timings = [iteration(components, args.warmup + step) for step in range(args.iterations)]
     peak = memory.stop()
+    generated = statistics.mean(t[2] for t in timings)
     meta = statistics.median(t[0] for t in timings)
     ssl = statistics.median(t[1] for t in timings)
     total = statistics.median(t[0] + t[1] for t in timings)
@@ -138,6 +152,7 @@ def time_method(
         "meta_s": meta if recipe.method.name == "metassl" else None,
         "ssl_s": ssl,
         "images_per_iteration": images,
+        "generated_per_iteration": generated if generator_source is not None else None,
         "images_per_s": images / total,
         "peak_memory_mb": peak / 2**20,
         "generator": generator_source,
@@ -186,8 +201,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"per meta-step; median of {result['timed_iterations']} iterations after {result['warmup_iterations']} "
         f"warm-up; memory: {result['memory']})",
         "",
-        "| method | s / iteration | x supervised | x FixMatch | meta phase s | SSL phase s | images/s | peak MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | s / iteration | x supervised | x FixMatch | meta phase s | SSL phase s | generated / it |"
+        " images/s | peak MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["methods"]:
         cells = [
@@ -197,6 +213,7 @@ def markdown(result: dict[str, Any]) -> str:
             _number(row["x_fixmatch"], 2),
             _number(row["meta_s"], 4),
             _number(row["ssl_s"], 4),
+            _number(row.get("generated_per_iteration"), 1),
             _number(row["images_per_s"], 1),
             _number(row["peak_memory_mb"], 0),
         ]

@@ -69,6 +69,19 @@ METHOD_VARIANTS: dict[str, dict[str, Any]] = {
     "generative": {"name": "generative"},
     "metassl exact": {"name": "metassl", "meta": {"gradient": "exact"}},
     "metassl finite_difference": {"name": "metassl", "meta": {"gradient": "finite_difference"}},
+    # The virtual step on the last feature block and the head only: the blocks before it run once per input.
+    "metassl exact last_block": {"name": "metassl", "meta": {"gradient": "exact", "scope": "last_blocks"}},
+    "metassl finite_difference last_block": {
+        "name": "metassl",
+        "meta": {"gradient": "finite_difference", "scope": "last_blocks"},
+    },
+    # The same two without the sample cache: every SSL step generates its whole synthetic batch.
+    "generative uncached": {"name": "generative", "cache_samples": False},
+    "metassl finite_difference uncached": {
+        "name": "metassl",
+        "meta": {"gradient": "finite_difference"},
+        "cache_samples": False,
+    },
 }
 
 

@@ -60,6 +60,11 @@ class Generative(MethodBase):
         " weak draws",
     )
     grid_size: PositiveInt = Field(default=64, description="the first N latents of the bank shown in sample grids")
+    cache_samples: bool = Field(
+        default=True,
+        description="keep each bank row's image and regenerate it only after its latents change (same images,"
+        " less generator time; holds bank_size images in memory)",
+    )
 
 
 class Meta(Block):

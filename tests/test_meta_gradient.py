@@ -21,7 +21,7 @@ from runner.methods.meta_gradient import (
 )
 from runner.methods.resemblance import make_resemblance
 from runner.methods.semi_supervised import two_views
-from runner.methods.virtual_step import scope_parameters, virtual_step
+from runner.methods.virtual_step import frozen_trunk_depth, scope_parameters, trunk_forward, virtual_step
 
 DTYPE = torch.float64
 AUGMENT_SEED = 123
@@ -131,11 +131,41 @@ def test_virtual_step_is_one_sgd_step_on_the_unsup_loss() -> None:
     assert int(batch_norm.num_batches_tracked) == 0
 
 
-@pytest.mark.parametrize("lambda_r", [0.0, 0.3])
-def test_finite_difference_agrees_with_exact_in_direction(lambda_r: float) -> None:
+@pytest.mark.parametrize(("lambda_r", "stop_grad"), [(0.0, True), (0.3, True), (0.3, False)])
+def test_finite_difference_agrees_with_exact_in_direction(lambda_r: float, stop_grad: bool) -> None:
     generator, data, problem, latents = setup("mmd", lambda_r=lambda_r)
+    problem.stop_grad = stop_grad
     exact = torch.cat([g.flatten() for g in latent_grads(generator, data, problem, latents, "exact")])
     approx = torch.cat([g.flatten() for g in latent_grads(generator, data, problem, latents, "finite_difference")])
     cosine = F.cosine_similarity(exact, approx, dim=0)
     assert cosine > 0.9, float(cosine)
     assert approx.norm() == pytest.approx(float(exact.norm()), rel=0.2)
+
+
+@pytest.mark.parametrize("gradient", ["exact", "finite_difference"])
+def test_a_shared_frozen_trunk_gives_the_same_meta_gradient(gradient: str) -> None:
+    """With a last-blocks scope the blocks before it run once per input; the latents' gradient must not change."""
+    generator, data, problem, latents = setup("mmd", scope="last_blocks")
+    depth = frozen_trunk_depth(problem.classifier, problem.scope)
+    assert depth == len(problem.classifier.feature_blocks()) - 1 > 0
+    full = latent_grads(generator, data, problem, latents, gradient)
+
+    views = views_of(generator, data, latents)
+    trunk_views = tuple(trunk_forward(problem.classifier, view, depth) for view in views)
+    problem.x_v = trunk_forward(problem.classifier, problem.x_v, depth).detach()
+    problem.start_block = depth
+    if gradient == "exact":
+        view_grads, _ = exact_view_grads(problem, trunk_views)
+    else:
+        view_grads, _ = finite_difference_view_grads(problem, trunk_views, epsilon=0.01)
+    shared = torch.autograd.grad(trunk_views, list(latents.values()), grad_outputs=view_grads)
+    for ours, reference in zip(shared, full, strict=True):
+        assert reference.abs().max() > 1e-6
+        assert torch.allclose(ours, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_the_frozen_trunk_is_empty_when_every_block_moves() -> None:
+    classifier = tiny_classifier(DTYPE)
+    assert frozen_trunk_depth(classifier, scope_parameters(classifier, "all")) == 0
+    blocks = len(classifier.feature_blocks())
+    assert frozen_trunk_depth(classifier, scope_parameters(classifier, "last_blocks", 2)) == blocks - 2

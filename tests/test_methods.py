@@ -119,11 +119,12 @@ METHOD_BLOCKS = {
 EXPECTED_METRICS = {
     "supervised": {"loss/sup"},
     "fixmatch": {"loss/sup", "loss/unsup", "unsup/mask_rate"},
-    "generative_cosine": {"loss/sup", "loss/unsup"},
-    "generative_fixmatch": {"loss/sup", "loss/unsup", "unsup/mask_rate"},
+    "generative_cosine": {"loss/sup", "loss/unsup", "synthetic/generated"},
+    "generative_fixmatch": {"loss/sup", "loss/unsup", "unsup/mask_rate", "synthetic/generated"},
     "metassl_exact": {
         "loss/sup",
         "loss/unsup",
+        "synthetic/generated",
         "meta/loss",
         "meta/val_loss_before",
         "meta/val_loss_after",

@@ -21,13 +21,14 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(feature_dim, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
+    def features(self, x: torch.Tensor, start_block: int = 0) -> torch.Tensor:
+        for block in self.blocks[start_block:]:
             x = block(x)
         return torch.flatten(x, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.features(x)
+    def forward(self, x: torch.Tensor, start_block: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(logits, features)`; with `start_block` = k, `x` is the output of the first k blocks."""
+        features = self.features(x, start_block)
         return self.head(self.dropout(features)), features
 
     def feature_blocks(self) -> list[nn.Module]:

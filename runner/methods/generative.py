@@ -10,6 +10,7 @@ from runner.generators.base import Generator, Latents
 from runner.methods.base import Method, TrainContext
 from runner.methods.latent_bank import LatentBank, initial_latents
 from runner.methods.losses import make_unsup_loss
+from runner.methods.sample_cache import SampleCache
 from runner.methods.semi_supervised import ssl_objective, two_views
 from runner.registry import METHODS
 from schemas import UserError
@@ -35,6 +36,7 @@ class Generative(Method):
         latents = initial_latents(self.generator, config.latents, ctx.seed, ctx.data.labeled_images)
         self.bank = LatentBank(latents, lr=latent_lr)
         self.unsup = make_unsup_loss(config.unsup_loss, config.stop_grad, config.threshold)
+        self.cache = SampleCache(self.bank, self.synthesize) if config.cache_samples else None
         self.grid_rows = torch.arange(min(config.grid_size, len(self.bank)), device=self.bank.noise.device)
         self.initial_grid_latents = self.bank.batch(self.grid_rows)
         self._initial_grid_logged = False
@@ -49,6 +51,8 @@ class Generative(Method):
 
     def synthetic_batch(self, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         rows = self.bank.sample_indices(n)
+        if self.cache is not None:
+            return self.cache.get(rows).to(dtype)
         with torch.no_grad():
             return self.synthesize(self.bank.batch(rows)).to(dtype)
 
@@ -59,7 +63,10 @@ class Generative(Method):
             return self.supervised_loss(images, labels)
         synthetic = self.synthetic_batch(self.config.unlabeled_batch_size, images.dtype)
         views = two_views(self.ctx.data.augment, synthetic, self.config.views)
-        return ssl_objective(self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u)
+        loss, metrics = ssl_objective(self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u)
+        if self.cache is not None:
+            metrics["synthetic/generated"] = self.cache.last_rendered
+        return loss, metrics
 
     @torch.no_grad()
     def bank_grid(self, latents: Latents | None = None) -> torch.Tensor:

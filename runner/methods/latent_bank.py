@@ -23,6 +23,9 @@ class LatentBank(nn.Module):
     For class-conditional generators `condition` holds the logits `a_j`; prompt-conditioned
     ones keep prompt embeddings there. With `lr` set, a row-wise Adam (`RowAdam`) updates
     the rows of a meta-batch; without it the bank is fixed (the generative baselines).
+
+    `revision[j]` counts the changes to row j made through this API (step, constrain,
+    load_state_dict), so a `SampleCache` knows which of its images are out of date.
     """
 
     def __init__(self, latents: Latents, lr: float | None = None) -> None:
@@ -33,6 +36,7 @@ class LatentBank(nn.Module):
             nn.Parameter(condition.detach().clone(), requires_grad=False) if condition is not None else None
         )
         self.optimizer = RowAdam(self.tensors(), lr) if lr is not None else None
+        self.revision = torch.zeros(len(self.noise), dtype=torch.long, device=self.noise.device)
 
     def __len__(self) -> int:
         return len(self.noise)
@@ -59,6 +63,7 @@ class LatentBank(nn.Module):
         if self.optimizer is None:
             raise RuntimeError("this latent bank is fixed (built without a learning rate)")
         self.optimizer.step(rows, [grads[key] for key in self.keys()])
+        self.revision[rows] += 1
 
     @torch.no_grad()
     def constrain(self, rows: torch.Tensor, kind: str, clip: float = 3.0) -> None:
@@ -75,6 +80,7 @@ class LatentBank(nn.Module):
         else:
             raise ValueError(f"unknown latent constraint '{kind}'")
         self.noise[rows] = z
+        self.revision[rows] += 1
 
     @torch.no_grad()
     def noise_norm(self) -> torch.Tensor:
@@ -95,6 +101,7 @@ class LatentBank(nn.Module):
                     f"latent bank '{key}' in the checkpoint has shape {got}, expected {tuple(tensor.shape)}"
                 )
             tensor.copy_(state[key])
+        self.revision += 1
         if self.optimizer is not None and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
 

@@ -33,10 +33,14 @@ class MetaProblem:
     resemblance: Resemblance | None
     eta: float
     lambda_r: float
-    x_v: torch.Tensor
+    x_v: torch.Tensor  # validation images, or their trunk output when start_block > 0
     y_v: torch.Tensor
     real_features: torch.Tensor  # f_theta(x_v), detached: R's "real labeled samples"
     stop_grad: bool = True  # `unsup` must then leave the target's features attached (see unsup_at)
+    start_block: int = 0  # the views and x_v enter the classifier here (see virtual_step.frozen_trunk_depth)
+
+    def forward(self, params: Params, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return functional_forward(self.classifier, params, inputs, self.start_block)
 
 
 @dataclass
@@ -56,11 +60,11 @@ class MetaTerms:
 
 
 def validation_forward(
-    classifier: nn.Module, x_v: torch.Tensor, y_v: torch.Tensor
+    classifier: nn.Module, x_v: torch.Tensor, y_v: torch.Tensor, start_block: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CE(h_theta(x_v), y_v) and f_theta(x_v), without gradients (val_loss_before and R's real features)."""
     with torch.no_grad():
-        logits, features = functional_forward(classifier, {}, x_v)
+        logits, features = functional_forward(classifier, {}, x_v, start_block)
     return F.cross_entropy(full(logits), y_v), features.detach()
 
 
@@ -76,8 +80,8 @@ def unsup_at(
     assert problem.unsup is not None
     if target_params is None:
         target_params = {name: p.detach() for name, p in params.items()} if problem.stop_grad else params
-    online = functional_forward(problem.classifier, params, views[0])
-    target = functional_forward(problem.classifier, target_params, views[1])
+    online = problem.forward(params, views[0])
+    target = problem.forward(target_params, views[1])
     loss, _ = problem.unsup(online, target)
     return loss, online[1]
 
@@ -89,14 +93,14 @@ def resemblance_at(problem: MetaProblem, features: torch.Tensor) -> torch.Tensor
 
 
 def val_loss_at(problem: MetaProblem, params: Params) -> torch.Tensor:
-    logits, _ = functional_forward(problem.classifier, params, problem.x_v)
+    logits, _ = problem.forward(params, problem.x_v)
     return F.cross_entropy(full(logits), problem.y_v)
 
 
 def exact_meta_loss(problem: MetaProblem, views: Views) -> MetaTerms:
     """L_meta as a differentiable function of the views, through a second-order virtual step."""
     if problem.unsup is None:  # no L_u: theta' = theta, only R depends on the latents
-        _, features = functional_forward(problem.classifier, {}, views[0])
+        _, features = problem.forward({}, views[0])
         resemblance = resemblance_at(problem, features)
         val = val_loss_at(problem, {}).detach()
         return MetaTerms(problem.lambda_r * resemblance, val, resemblance, resemblance.new_zeros(()))
@@ -120,21 +124,25 @@ def finite_difference_view_grads(problem: MetaProblem, views: Views, epsilon: fl
 
     d L_val(theta') / d Lam ~= -eta * (d L_u(theta+) / d Lam - d L_u(theta-) / d Lam) / (2 eps),
     theta+- = theta +- eps * v,  v = grad_theta' L_val(theta'),  eps = epsilon / |v|.
+
+    The whole view gradient, R's term and both sides of the difference, comes from one backward. With
+    stop-gradient the target branch runs at the unperturbed theta on every side, so it is computed once.
     """
-    leaves = tuple(v.detach().requires_grad_() for v in views)
     if problem.unsup is None:
         return exact_view_grads(problem, views)
-    unsup, features = unsup_at(problem, problem.scope, leaves)  # type: ignore[arg-type]
+    leaves = tuple(v.detach().requires_grad_() for v in views)
     names, theta = list(problem.scope), list(problem.scope.values())
-    grads = torch.autograd.grad(unsup, theta, retain_graph=problem.resemblance is not None, allow_unused=True)
-    resemblance = resemblance_at(problem, features)
-    if problem.resemblance is not None:
-        view_grads = _zeros_for_none(
-            torch.autograd.grad(problem.lambda_r * resemblance, leaves, allow_unused=True), leaves
-        )
-    else:
-        view_grads = tuple(torch.zeros_like(leaf) for leaf in leaves)
+    fixed = {name: p.detach() for name, p in zip(names, theta, strict=True)}
+    shared_target = problem.forward(fixed, leaves[1]) if problem.stop_grad else None
 
+    def unsup_with(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        assert problem.unsup is not None
+        online = problem.forward(params, leaves[0])
+        target = shared_target if shared_target is not None else problem.forward(params, leaves[1])
+        return problem.unsup(online, target)[0], online[1]
+
+    unsup, features = unsup_with(problem.scope)
+    grads = torch.autograd.grad(unsup, theta, retain_graph=True, allow_unused=True)
     theta_virtual = {
         name: (p if g is None else p - problem.eta * g).detach().requires_grad_()
         for name, p, g in zip(names, theta, grads, strict=True)
@@ -142,23 +150,19 @@ def finite_difference_view_grads(problem: MetaProblem, views: Views, epsilon: fl
     val_after = val_loss_at(problem, theta_virtual)
     v = torch.autograd.grad(val_after, list(theta_virtual.values()), allow_unused=True)
     v = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(theta, v, strict=True))
-    norm = torch.sqrt(sum(g.pow(2).sum() for g in v)).clamp_min(1e-12)
-    eps = epsilon / norm
+    eps = epsilon / torch.sqrt(sum(g.pow(2).sum() for g in v)).clamp_min(1e-12)
 
-    fixed = {name: p.detach() for name, p in zip(names, theta, strict=True)}
+    def moved(sign: float) -> Params:
+        return {name: p + sign * eps * g for (name, p), g in zip(fixed.items(), v, strict=True)}
 
-    def unsup_view_grads(sign: float) -> tuple[torch.Tensor, ...]:
-        # With stop-gradient, the target branch is a separate copy of the network that the virtual step does
-        # not move, so only the online branch is perturbed (the mixed partial d/dLam d/dtheta_online).
-        moved = {name: p + sign * eps * g for (name, p), g in zip(fixed.items(), v, strict=True)}
-        loss, _ = unsup_at(problem, moved, leaves, fixed if problem.stop_grad else moved)  # type: ignore[arg-type]
-        return _zeros_for_none(torch.autograd.grad(loss, leaves, allow_unused=True), leaves)
-
-    plus, minus = unsup_view_grads(1.0), unsup_view_grads(-1.0)
-    scale = -problem.eta / (2 * eps)
-    view_grads = tuple(r + scale * (p - m) for r, p, m in zip(view_grads, plus, minus, strict=True))
+    resemblance = resemblance_at(problem, features)
+    # The objective whose view gradient is the meta-gradient above (its value means nothing).
+    surrogate = problem.lambda_r * resemblance - problem.eta * (
+        unsup_with(moved(1.0))[0] - unsup_with(moved(-1.0))[0]
+    ) / (2 * eps)
+    view_grads = _zeros_for_none(torch.autograd.grad(surrogate, leaves, allow_unused=True), leaves)
     terms = MetaTerms(val_after.detach() + problem.lambda_r * resemblance.detach(), val_after, resemblance, unsup)
-    return view_grads, terms  # type: ignore[return-value]
+    return view_grads, terms
 
 
 def _zeros_for_none(grads: tuple[torch.Tensor | None, ...], like: tuple[torch.Tensor, ...]) -> Views:

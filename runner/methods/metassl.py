@@ -18,7 +18,7 @@ from runner.methods.meta_gradient import (
 )
 from runner.methods.resemblance import make_resemblance
 from runner.methods.semi_supervised import two_views
-from runner.methods.virtual_step import scope_parameters
+from runner.methods.virtual_step import frozen_trunk_depth, scope_parameters, trunk_forward
 from runner.registry import METHODS
 from schemas.methods import MetaSSL as MetaSSLConfig
 
@@ -55,12 +55,19 @@ class MetaSSL(Generative):
         x_v, y_v = data.validation_batch(meta.validation_batch_size)
         rows = self.bank.sample_indices(min(meta.latent_batch_size, len(self.bank)))
         latents = self.bank.batch(rows, requires_grad=True)
+        classifier = self.ctx.classifier
+        scope = scope_parameters(classifier, meta.scope, meta.scope_blocks)
+        depth = frozen_trunk_depth(classifier, scope)
         with self.ctx.autocast():
-            val_before, real_features = validation_forward(self.ctx.classifier, x_v, y_v)
-            views = two_views(data.augment, self.synthesize(latents).to(x_v.dtype), self.config.views)
+            images = self.synthesize(latents).to(x_v.dtype)
+            with torch.no_grad():
+                x_v = trunk_forward(classifier, x_v, depth)
+            val_before, real_features = validation_forward(classifier, x_v, y_v, depth)
+            online, target = two_views(data.augment, images, self.config.views)
+            views = (trunk_forward(classifier, online, depth), trunk_forward(classifier, target, depth))
             problem = MetaProblem(
-                classifier=self.ctx.classifier,
-                scope=scope_parameters(self.ctx.classifier, meta.scope, meta.scope_blocks),
+                classifier=classifier,
+                scope=scope,
                 unsup=self.meta_unsup,
                 resemblance=self.resemblance,
                 eta=meta.virtual_lr if meta.virtual_lr is not None else self.ctx.current_lr(),
@@ -69,12 +76,14 @@ class MetaSSL(Generative):
                 y_v=y_v,
                 real_features=real_features,
                 stop_grad=self.config.stop_grad,
+                start_block=depth,
             )
             if meta.gradient == "exact":
                 view_grads, terms = exact_view_grads(problem, views)
             else:
                 view_grads, terms = finite_difference_view_grads(problem, views, meta.fd_epsilon)
-        # One backward through the augmentation and the generator, whichever meta-gradient made the view grads.
+        # One backward through the frozen trunk, the augmentation and the generator, whichever meta-gradient made
+        # the view grads.
         leaves = list(latents.values())
         grads = torch.autograd.grad(views, leaves, grad_outputs=view_grads, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]

@@ -48,12 +48,43 @@ def scope_parameters(classifier: nn.Module, scope: str, blocks: int = 1) -> Para
 
 
 def functional_forward(
-    classifier: nn.Module, params: Params, images: torch.Tensor
+    classifier: nn.Module, params: Params, images: torch.Tensor, start_block: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(logits, features)` with `params` in place of those parameters and copied buffers (see module docstring)."""
+    """`(logits, features)` with `params` in place of those parameters and copied buffers (see module docstring).
+
+    With `start_block` = k > 0, `images` is what `trunk_forward(classifier, images, k)` returned.
+    """
     model = unwrap(classifier)
     buffers = {name: b.clone() for name, b in model.named_buffers()}
-    return functional_call(model, {**params, **buffers}, (images,), strict=False)
+    kwargs = {"start_block": start_block} if start_block else None
+    return functional_call(model, {**params, **buffers}, (images,), kwargs, strict=False)
+
+
+def frozen_trunk_depth(classifier: nn.Module, scope: Params) -> int:
+    """How many leading feature blocks hold no parameter of the scope.
+
+    The virtual step never moves them, so every pass of a meta-step (at theta, theta', theta +- eps v) sees
+    the same output from them, and it is computed once per input.
+    """
+    model = unwrap(classifier)
+    if not isinstance(model, Classifier):
+        return 0
+    in_scope = {id(p) for p in scope.values()}
+    depth = 0
+    for block in model.feature_blocks():
+        if any(id(p) in in_scope for p in block.parameters()):
+            break
+        depth += 1
+    return depth
+
+
+def trunk_forward(classifier: nn.Module, images: torch.Tensor, depth: int) -> torch.Tensor:
+    """The output of the first `depth` feature blocks at the current parameters, on copied buffers."""
+    if depth == 0:
+        return images
+    trunk = nn.Sequential(*unwrap(classifier).feature_blocks()[:depth])
+    buffers = {name: b.clone() for name, b in trunk.named_buffers()}
+    return functional_call(trunk, buffers, (images,), strict=False)
 
 
 def virtual_step(params: Params, grads: tuple[torch.Tensor | None, ...], eta: float) -> Params:
