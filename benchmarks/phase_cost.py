@@ -5,7 +5,8 @@
 
 Each method runs the loop's iteration body (runner/loop.py: labeled batch, meta phase, SSL loss, backward,
 optimizer and scheduler step) on components built through the real registries, with synthetic in-memory data.
-On CUDA the iteration runs under bf16 autocast (the runtime default).
+The methods are built side by side and timed one iteration each in turn, so they share the machine's conditions;
+peak memory is measured for each method alone first. On CUDA the iteration runs under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -124,38 +125,81 @@ def render_whole_bank(method: Any) -> None:
             cache.get(rows)
 
 
-def time_method(
-    setup: Setup, variant: str, args: argparse.Namespace, data: Any, device: torch.device, memory: Any
-) -> dict[str, Any]:
+GENERATIVE_METHODS = ("generative", "metassl")
+
+
+def build_variant(
+    setup: Setup, variant: str, args: argparse.Namespace, data: Any, device: torch.device, generator: Any
+) -> Components:
+    """One method's components, trained from scratch, with its sample cache (if any) fully rendered."""
     unlabeled = args.mu * args.batch_size
-    recipe = recipe_for(setup, variant, args.batch_size, unlabeled, device.type, args.warmup + args.iterations + 1)
-    memory.start()
-    generator, generator_source = None, None
-    if recipe.method.name in ("generative", "metassl"):
-        generator, generator_source = build_generator(setup, device, data[0].classes)
-    components = build(recipe, data, generator)
+    recipe = recipe_for(setup, variant, args.batch_size, unlabeled, device.type, args.warmup + args.iterations + 8)
+    components = build(recipe, data, generator if recipe.method.name in GENERATIVE_METHODS else None)
     components.classifier.train()
     render_whole_bank(components.method)
-    for step in range(args.warmup):
+    return components
+
+
+def needs_generator(variant: str) -> bool:
+    return METHOD_VARIANTS[variant]["name"] in GENERATIVE_METHODS
+
+
+def peak_memory_mb(
+    setup: Setup, variant: str, args: argparse.Namespace, data: Any, device: torch.device, memory: Any
+) -> float:
+    """Peak memory of building one method (its own generator included) and running a few iterations, alone."""
+    memory.start()
+    generator = build_generator(setup, device, data[0].classes)[0] if needs_generator(variant) else None
+    components = build_variant(setup, variant, args, data, device, generator)
+    for step in range(min(args.warmup, 2) + 2):
         iteration(components, step)
-    timings = [iteration(components, args.warmup + step) for step in range(args.iterations)]
     peak = memory.stop()
-    generated = statistics.mean(t[2] for t in timings)
-    meta = statistics.median(t[0] for t in timings)
-    ssl = statistics.median(t[1] for t in timings)
-    total = statistics.median(t[0] + t[1] for t in timings)
-    images = args.batch_size + (unlabeled if recipe.method.name != "supervised" else 0)
     del components, generator
+    return peak / 2**20
+
+
+def time_interleaved(
+    setup: Setup, args: argparse.Namespace, data: Any, device: torch.device
+) -> tuple[dict[str, list[tuple[float, float, int]]], str | None]:
+    """Per-iteration timings of every method, built side by side and timed in turn, one iteration each.
+
+    Interleaving puts every method under the same machine conditions: a machine that slows down or speeds
+    up during the benchmark shifts all methods alike instead of skewing their ratios. The order reverses
+    every other turn. The methods share one frozen generator (it holds no state a method changes).
+    """
+    generator, generator_source = None, None
+    if any(needs_generator(variant) for variant in args.methods):
+        generator, generator_source = build_generator(setup, device, data[0].classes)
+    built = {variant: build_variant(setup, variant, args, data, device, generator) for variant in args.methods}
+    for step in range(args.warmup):
+        for components in built.values():
+            iteration(components, step)
+    timings: dict[str, list[tuple[float, float, int]]] = {variant: [] for variant in args.methods}
+    for step in range(args.iterations):
+        order = args.methods if step % 2 == 0 else list(reversed(args.methods))
+        for variant in order:
+            timings[variant].append(iteration(built[variant], args.warmup + step))
+    return timings, generator_source
+
+
+def summarize(
+    variant: str, timings: list[tuple[float, float, int]], args: argparse.Namespace, peak_mb: float, source: str | None
+) -> dict[str, Any]:
+    name = METHOD_VARIANTS[variant]["name"]
+    totals = sorted(t[0] + t[1] for t in timings)
+    total = statistics.median(totals)
+    images = args.batch_size + (args.mu * args.batch_size if name != "supervised" else 0)
     return {
         "method": variant,
         "s_per_iteration": total,
-        "meta_s": meta if recipe.method.name == "metassl" else None,
-        "ssl_s": ssl,
+        "s_per_iteration_quartiles": [totals[len(totals) // 4], totals[(3 * len(totals)) // 4]],
+        "meta_s": statistics.median(t[0] for t in timings) if name == "metassl" else None,
+        "ssl_s": statistics.median(t[1] for t in timings),
         "images_per_iteration": images,
-        "generated_per_iteration": generated if generator_source is not None else None,
+        "generated_per_iteration": statistics.mean(t[2] for t in timings) if name in GENERATIVE_METHODS else None,
         "images_per_s": images / total,
-        "peak_memory_mb": peak / 2**20,
-        "generator": generator_source,
+        "peak_memory_mb": peak_mb,
+        "generator": source if name in GENERATIVE_METHODS else None,
     }
 
 
@@ -165,12 +209,14 @@ def run_setup(setup: Setup, args: argparse.Namespace, device: torch.device) -> d
     data = synthetic_data(setup)
     memory = CudaPeak() if device.type == "cuda" else CpuPeak()
     # Untimed: load kernels, thread pools and allocator pools once, so the first method measured pays no more.
-    prime = argparse.Namespace(**{**vars(setup_args), "iterations": 1})
-    time_method(setup, "supervised", prime, data, device, memory)
-    rows = []
+    peak_memory_mb(setup, "supervised", setup_args, data, device, memory)
+    peaks = {}
     for variant in args.methods:
-        print(f"[{setup.name}] {variant} ...", file=sys.stderr, flush=True)
-        rows.append(time_method(setup, variant, setup_args, data, device, memory))
+        print(f"[{setup.name}] peak memory: {variant} ...", file=sys.stderr, flush=True)
+        peaks[variant] = peak_memory_mb(setup, variant, setup_args, data, device, memory)
+    print(f"[{setup.name}] timing {len(args.methods)} methods, interleaved ...", file=sys.stderr, flush=True)
+    timings, source = time_interleaved(setup, setup_args, data, device)
+    rows = [summarize(variant, timings[variant], setup_args, peaks[variant], source) for variant in args.methods]
     by_name = {row["method"]: row for row in rows}
     for row in rows:
         for baseline in ("supervised", "fixmatch"):
@@ -198,8 +244,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"**{result['config']}** ({result['image_size']} px, {result['classifier']}; B = {result['batch_size']} "
         f"labeled, {result['unlabeled_batch_size']} unlabeled/synthetic, {result['meta_latent_batch_size']} latents "
-        f"per meta-step; median of {result['timed_iterations']} iterations after {result['warmup_iterations']} "
-        f"warm-up; memory: {result['memory']})",
+        f"per meta-step; methods timed in turn, median of {result['timed_iterations']} iterations each after "
+        f"{result['warmup_iterations']} warm-up; memory: {result['memory']}, each method alone)",
         "",
         "| method | s / iteration | x supervised | x FixMatch | meta phase s | SSL phase s | generated / it |"
         " images/s | peak MB |",

@@ -75,6 +75,15 @@ METHOD_VARIANTS: dict[str, dict[str, Any]] = {
         "name": "metassl",
         "meta": {"gradient": "finite_difference", "scope": "last_blocks"},
     },
+    # One-sided differences: the theta- pass is not run.
+    "metassl finite_difference forward": {
+        "name": "metassl",
+        "meta": {"gradient": "finite_difference", "fd_scheme": "forward"},
+    },
+    "metassl finite_difference forward last_block": {
+        "name": "metassl",
+        "meta": {"gradient": "finite_difference", "fd_scheme": "forward", "scope": "last_blocks"},
+    },
     # The same two without the sample cache: every SSL step generates its whole synthetic batch.
     "generative uncached": {"name": "generative", "cache_samples": False},
     "metassl finite_difference uncached": {

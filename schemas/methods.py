@@ -82,6 +82,11 @@ class Meta(Block):
     fd_epsilon: PositiveFloat = Field(
         default=0.01, description="finite_difference: eps = fd_epsilon / |grad_theta' L_val| (DARTS)"
     )
+    fd_scheme: Literal["central", "forward"] = Field(
+        default="central",
+        description="finite_difference: central (theta +- eps v, DARTS) or forward (theta + eps v against theta:"
+        " one classifier pass fewer, first-order accurate in eps)",
+    )
     scope: Literal["all", "last_blocks"] = Field(
         default="all", description="what the virtual step moves: every parameter, or the last feature blocks + head"
     )

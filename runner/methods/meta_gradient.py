@@ -119,11 +119,15 @@ def exact_view_grads(problem: MetaProblem, views: Views) -> tuple[Views, MetaTer
     return _zeros_for_none(grads, leaves), terms
 
 
-def finite_difference_view_grads(problem: MetaProblem, views: Views, epsilon: float) -> tuple[Views, MetaTerms]:
+def finite_difference_view_grads(
+    problem: MetaProblem, views: Views, epsilon: float, scheme: str = "central"
+) -> tuple[Views, MetaTerms]:
     """d L_meta / d views with first-order gradients only (DARTS):
 
     d L_val(theta') / d Lam ~= -eta * (d L_u(theta+) / d Lam - d L_u(theta-) / d Lam) / (2 eps),
     theta+- = theta +- eps * v,  v = grad_theta' L_val(theta'),  eps = epsilon / |v|.
+
+    The `forward` scheme differences theta+ against theta itself, whose pass has already run.
 
     The whole view gradient, R's term and both sides of the difference, comes from one backward. With
     stop-gradient the target branch runs at the unperturbed theta on every side, so it is computed once.
@@ -156,10 +160,14 @@ def finite_difference_view_grads(problem: MetaProblem, views: Views, epsilon: fl
         return {name: p + sign * eps * g for (name, p), g in zip(fixed.items(), v, strict=True)}
 
     resemblance = resemblance_at(problem, features)
+    if scheme == "central":
+        difference = (unsup_with(moved(1.0))[0] - unsup_with(moved(-1.0))[0]) / (2 * eps)
+    elif scheme == "forward":
+        difference = (unsup_with(moved(1.0))[0] - unsup) / eps
+    else:
+        raise ValueError(f"unknown finite-difference scheme '{scheme}'")
     # The objective whose view gradient is the meta-gradient above (its value means nothing).
-    surrogate = problem.lambda_r * resemblance - problem.eta * (
-        unsup_with(moved(1.0))[0] - unsup_with(moved(-1.0))[0]
-    ) / (2 * eps)
+    surrogate = problem.lambda_r * resemblance - problem.eta * difference
     view_grads = _zeros_for_none(torch.autograd.grad(surrogate, leaves, allow_unused=True), leaves)
     terms = MetaTerms(val_after.detach() + problem.lambda_r * resemblance.detach(), val_after, resemblance, unsup)
     return view_grads, terms

@@ -81,7 +81,7 @@ class MetaSSL(Generative):
             if meta.gradient == "exact":
                 view_grads, terms = exact_view_grads(problem, views)
             else:
-                view_grads, terms = finite_difference_view_grads(problem, views, meta.fd_epsilon)
+                view_grads, terms = finite_difference_view_grads(problem, views, meta.fd_epsilon, meta.fd_scheme)
         # One backward through the frozen trunk, the augmentation and the generator, whichever meta-gradient made
         # the view grads.
         leaves = list(latents.values())
