@@ -151,7 +151,11 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
     pretrain = config.pretrain
     device = pick_device(runtime)
     started = time.perf_counter()
-    with cpu_threads(pretrain.threads or runtime.threads or (None if device.type == "cuda" else 1)):
+    # Pretraining on first use happens inside a training run, after the run has seeded the global RNGs; forking
+    # them keeps that run's random stream the same whether the checkpoint was already cached or not.
+    cuda_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    threads = pretrain.threads or runtime.threads or (None if device.type == "cuda" else 1)
+    with cpu_threads(threads), torch.random.fork_rng(devices=cuda_devices):
         source = build_source(pretrain)
         generator = ConditionalGenerator(
             noise_dim=pretrain.noise_dim,
