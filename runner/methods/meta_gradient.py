@@ -127,10 +127,9 @@ def finite_difference_view_grads(
     d L_val(theta') / d Lam ~= -eta * (d L_u(theta+) / d Lam - d L_u(theta-) / d Lam) / (2 eps),
     theta+- = theta +- eps * v,  v = grad_theta' L_val(theta'),  eps = epsilon / |v|.
 
-    The `forward` scheme differences theta+ against theta itself, whose pass has already run.
-
     The whole view gradient, R's term and both sides of the difference, comes from one backward. With
     stop-gradient the target branch runs at the unperturbed theta on every side, so it is computed once.
+    The `forward` scheme differences theta+ against theta itself, whose pass has already run.
     """
     if problem.unsup is None:
         return exact_view_grads(problem, views)
