@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from runner.classifiers.base import Classifier
+from runner.data.classes import restrict_classes
 from runner.data.device_data import DeviceData
 from runner.data.split import LabelSplit, make_label_split
 from runner.data.types import DatasetSplits
@@ -46,7 +47,7 @@ class Components:
 
 def prepare_data(recipe: Recipe) -> PreparedData:
     """Load the dataset and draw the label split (cheap failures first: a missing dataset is a UserError)."""
-    splits = DATASETS.build(recipe.data)
+    splits = restrict_classes(DATASETS.build(recipe.data), recipe.data.classes)
     label_split = make_label_split(splits.train.labels, len(splits.classes), recipe.data, recipe.seed)
     return PreparedData(splits, label_split)
 
@@ -67,7 +68,7 @@ def check_source_disjoint(recipe: Recipe, generator: Any) -> None:
 def build_components(recipe: Recipe, prepared: PreparedData) -> Components:
     device = select_device(recipe.runtime)
     configure(recipe.runtime, recipe.seed, device)
-    data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
+    data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device, seed=recipe.seed)
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size).to(device)
     generator = GENERATORS.build(
         recipe.generator, class_names=data.classes, device=device, tracking=recipe.tracking, runtime=recipe.runtime

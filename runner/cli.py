@@ -282,6 +282,13 @@ def report(
         Path | None, typer.Option("--output", help="also write results.md, results.csv, results.png here")
     ] = None,
     metric: Annotated[str, typer.Option(help="the metric to summarise")] = "final/test_accuracy",
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="also print every row's paired difference (same seeds) with a 95% CI against this row: a method,"
+            " optionally with settings, e.g. --reference fixmatch --reference generative,method.latents.classes=pseudo"
+        ),
+    ] = None,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
     """Mean ± std over seeds per method and label budget, as Markdown, CSV and a plot (logged to the parent run)."""
@@ -289,7 +296,7 @@ def report(
     from runner.session import quiet_libraries
 
     quiet_libraries()
-    typer.echo(make_report(source, tracking_uri, metric, output))
+    typer.echo(make_report(source, tracking_uri, metric, output, reference))
 
 
 def main() -> None:

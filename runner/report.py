@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.paired import Reference, paired_markdown, paired_rows
 from runner.sweep_plan import CHILD_TAG, ROLE_TAG
 from runner.tracking import Tracker, child_runs, experiment_runs, tracking_of_run
 from schemas import UserError
@@ -177,8 +178,10 @@ def figure(columns: list[str], rows: list[Row], metric: str, title: str) -> Any:
     return fig
 
 
-def _series_labels(rows: list[Row], columns: list[str]) -> dict[int, str]:
-    """A legend label per row: the method, plus only the settings that differ between that method's rows."""
+def _series_labels(rows: list[Row], columns: list[str], full: bool = False) -> dict[int, str]:
+    """A legend label per row: the method, plus only the settings that differ between that method's rows.
+
+    `full` keeps the whole key paths (for tables, where `--reference` selects rows by them)."""
     keys = [c for c in columns if c not in ("method", "labels")]
     by_method: dict[str, list[Row]] = {}
     for row in rows:
@@ -187,15 +190,21 @@ def _series_labels(rows: list[Row], columns: list[str]) -> dict[int, str]:
     for method, method_rows in by_method.items():
         differing = [k for k in keys if len({r.group[k] for r in method_rows}) > 1]
         for row in method_rows:
-            details = ", ".join(f"{k.rsplit('.', 1)[-1]}={row.group[k]}" for k in differing)
+            details = ", ".join(f"{k if full else k.rsplit('.', 1)[-1]}={row.group[k]}" for k in differing)
             labels[id(row)] = f"{method} ({details})" if details else method
     return labels
 
 
-def make_report(source_name: str, tracking_uri: str, metric: str, output: Path | None) -> str:
-    """Build the table and plot; log them to the parent run (if any) and write them to `output` (if given)."""
+def make_report(
+    source_name: str, tracking_uri: str, metric: str, output: Path | None, references: list[str] | None = None
+) -> str:
+    """Build the table and plot; log them to the parent run (if any) and write them to `output` (if given).
+
+    With `references`, also a table of each row's paired difference (same seeds) against each reference row.
+    """
     import matplotlib.pyplot as plt
 
+    parsed = [Reference.parse(text) for text in references or []]
     source = load_source(source_name, tracking_uri)
     columns, rows, missing = summarise(source, metric)
     if not rows:
@@ -205,6 +214,12 @@ def make_report(source_name: str, tracking_uri: str, metric: str, output: Path |
     if missing:
         note += f" ({missing} without {metric} left out)"
     text = f"{note}; mean ± sample std over seeds\n\n{table}"
+    if parsed:
+        factor, _ = _scale(metric)
+        differences = paired_rows(rows, parsed, _series_labels(rows, columns, full=True))
+        unit = "points" if factor == 100.0 else metric
+        text += "\nPaired differences (the same seeds: same label split, initialization and labeled-data order):\n\n"
+        text += paired_markdown(differences, factor, unit)
     fig = figure(columns, rows, metric, source.title)
     sheet = csv_text(columns, rows, metric)
     if source.parent_run_id is not None:

@@ -45,6 +45,12 @@ class DataBase(Block):
     total_labels: PositiveInt | None = Field(
         default=None, description="instead of labels_per_class: this many labels, spread evenly over classes"
     )
+    classes: list[int] | None = Field(
+        default=None,
+        min_length=2,
+        description="keep only these classes (indices into the dataset's class list), relabeled 0..k-1 in this"
+        " order; the generator's source split is not filtered",
+    )
     validation: Validation = Validation()
     image_size: PositiveInt | None = Field(default=None, description="resize to this size; default: native")
     augment: Augment = Augment()
@@ -68,6 +74,11 @@ class DataBase(Block):
     def _has_label_budget(self) -> DataBase:
         if self.labels_per_class is None and self.total_labels is None:
             raise ValueError("set data.labels_per_class or data.total_labels")
+        if self.classes is not None:
+            if min(self.classes) < 0:
+                raise ValueError("data.classes: class indices start at 0")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError("data.classes: each class may appear once")
         return self
 
 

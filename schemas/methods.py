@@ -95,8 +95,20 @@ class Meta(Block):
         default="mmd", description="R: how synthetic features are pulled toward real labeled ones (theta fixed)"
     )
     lambda_r: float = Field(default=1.0, ge=0.0, description="weight of R in L_meta")
+    lambda_v: float = Field(
+        default=1.0, ge=0.0, description="weight of the validation term CE(h_theta'(x_v)) in L_meta; 0: R alone"
+    )
     latent_batch_size: PositiveInt = Field(default=64, description="latents per meta-step")
     validation_batch_size: PositiveInt = Field(default=64, description="validation images per meta-step (also R's)")
+    validation_source: Literal["labeled", "holdout"] = Field(
+        default="labeled",
+        description="x_v of the meta-step: another draw of the labeled set, or the held-out validation set (which"
+        " then trains the latents and can no longer select settings fairly)",
+    )
+    validation_augment: Literal["weak", "strong"] = Field(
+        default="weak",
+        description="x_v's augmentation: weak, or strong views the classifier has not memorized",
+    )
     latent_constraint: Literal["none", "renormalize", "clip"] = Field(
         default="renormalize", description="after each update: z to norm sqrt(d), or each coordinate to [-clip, clip]"
     )
@@ -113,6 +125,8 @@ class MetaSSL(Generative):
     def _meta_needs_a_virtual_loss(self) -> MetaSSL:
         if self.unsup_loss == "none" and self.meta.resemblance == "none":
             raise ValueError("method.unsup_loss 'none' with meta.resemblance 'none' leaves phase (i) nothing to do")
+        if self.meta.lambda_v == 0 and (self.meta.lambda_r == 0 or self.meta.resemblance == "none"):
+            raise ValueError("method.meta.lambda_v 0 with no resemblance term leaves phase (i) nothing to do")
         if self.meta.latent_batch_size > self.latents.bank_size:
             raise ValueError(
                 f"method.meta.latent_batch_size ({self.meta.latent_batch_size}) exceeds the bank"

@@ -105,7 +105,9 @@ class ToyData:
         index = torch.randint(len(self.images), (n,))
         return self.augment.weak(self.images[index]), self.labels[index]
 
-    def validation_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def validation_batch(
+        self, n: int, source: str = "auto", augment: str = "weak"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole validation set, unaugmented, so the meta objective is a fixed function of the latents."""
         return self.val_images, self.val_labels
 

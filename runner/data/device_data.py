@@ -27,10 +27,22 @@ def cap(images: ImageSet, limit: int | None) -> ImageSet:
 
 
 class DeviceData:
-    """Labeled, validation, unlabeled and test images with batch samplers that use the global torch RNG."""
+    """Labeled, validation, unlabeled and test images with batch samplers.
 
-    def __init__(self, splits: DatasetSplits, split: LabelSplit, config: DataBase, device: torch.device) -> None:
+    With a `seed`, the labeled batches are drawn from their own RNG, so every method of a paired comparison sees
+    the same labeled images in the same order whatever else it draws; the other samplers use the global torch RNG.
+    """
+
+    def __init__(
+        self,
+        splits: DatasetSplits,
+        split: LabelSplit,
+        config: DataBase,
+        device: torch.device,
+        seed: int | None = None,
+    ) -> None:
         self.device = torch.device(device)
+        self.labeled_order = None if seed is None else torch.Generator().manual_seed(seed)
         self.storage = self.device if config.device_resident else torch.device("cpu")
         self.num_classes = len(splits.classes)
         self.channels = splits.channels
@@ -52,21 +64,43 @@ class DeviceData:
     def to_float(images: torch.Tensor) -> torch.Tensor:
         return to_float(images)
 
-    def _draw(self, images: ImageSet, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.labeled_order is None else {"labeled_order": self.labeled_order.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.labeled_order is not None and "labeled_order" in state:
+            self.labeled_order.set_state(state["labeled_order"])
+
+    def _draw(
+        self, images: ImageSet, n: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """n images drawn uniformly with replacement, as float on the training device, and their labels."""
-        index = torch.randint(len(images), (n,), device=self.storage)
+        if generator is None:
+            index = torch.randint(len(images), (n,), device=self.storage)
+        else:
+            index = torch.randint(len(images), (n,), generator=generator).to(self.storage)
         batch = images.images[index].to(self.device, non_blocking=True)
         return to_float(batch), images.labels[index].to(self.device, non_blocking=True)
 
     def labeled_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Weakly augmented labeled images and their labels."""
-        images, labels = self._draw(self.labeled, n)
+        images, labels = self._draw(self.labeled, n, self.labeled_order)
         return self.augment.weak(images), labels
 
-    def validation_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the holdout if there is one, else another draw of the labeled set; weakly augmented either way."""
-        images, labels = self._draw(self.validation if self.validation is not None else self.labeled, n)
-        return self.augment.weak(images), labels
+    def validation_batch(
+        self, n: int, source: str = "auto", augment: str = "weak"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation images for the meta-step, `weak`ly or `strong`ly augmented.
+
+        `source`: `labeled` (another draw of the labeled set), `holdout` (the held-out validation set), or `auto`
+        (the holdout if there is one, else the labeled set).
+        """
+        if source == "holdout" and self.validation is None:
+            raise ValueError("no held-out validation set; set data.validation.source: holdout")
+        use_holdout = source == "holdout" or (source == "auto" and self.validation is not None)
+        images, labels = self._draw(self.validation if use_holdout else self.labeled, n)
+        views = self.augment.strong if augment == "strong" else self.augment.weak
+        return views(images), labels
 
     @property
     def has_unlabeled(self) -> bool:

@@ -1,7 +1,7 @@
 """Phase (i)'s objective and its gradient with respect to the synthetic views.
 
     theta'(Lam_B) = theta - eta * grad_theta L_u(theta; Lam_B)          (virtual step)
-    L_meta(Lam_B) = CE(h_theta'(x_v), y_v) + lambda_r * R(Lam_B)
+    L_meta(Lam_B) = lambda_v * CE(h_theta'(x_v), y_v) + lambda_r * R(Lam_B)
 
 Everything here sees the synthetic batch only as its two augmented views `(online,
 target)`; the caller generates them from the latents and carries gradients back
@@ -38,6 +38,7 @@ class MetaProblem:
     real_features: torch.Tensor  # f_theta(x_v), detached: R's "real labeled samples"
     stop_grad: bool = True  # `unsup` must then leave the target's features attached (see unsup_at)
     start_block: int = 0  # the views and x_v enter the classifier here (see virtual_step.frozen_trunk_depth)
+    lambda_v: float = 1.0  # weight of the validation term; 0 leaves R alone (no virtual step needed)
 
     def forward(self, params: Params, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return functional_forward(self.classifier, params, inputs, self.start_block)
@@ -99,7 +100,7 @@ def val_loss_at(problem: MetaProblem, params: Params) -> torch.Tensor:
 
 def exact_meta_loss(problem: MetaProblem, views: Views) -> MetaTerms:
     """L_meta as a differentiable function of the views, through a second-order virtual step."""
-    if problem.unsup is None:  # no L_u: theta' = theta, only R depends on the latents
+    if problem.unsup is None or problem.lambda_v == 0:  # only R depends on the latents: no virtual step
         _, features = problem.forward({}, views[0])
         resemblance = resemblance_at(problem, features)
         val = val_loss_at(problem, {}).detach()
@@ -108,7 +109,7 @@ def exact_meta_loss(problem: MetaProblem, views: Views) -> MetaTerms:
     grads = torch.autograd.grad(unsup, list(problem.scope.values()), create_graph=True, allow_unused=True)
     val_after = val_loss_at(problem, virtual_step(problem.scope, grads, problem.eta))
     resemblance = resemblance_at(problem, features)
-    return MetaTerms(val_after + problem.lambda_r * resemblance, val_after, resemblance, unsup)
+    return MetaTerms(problem.lambda_v * val_after + problem.lambda_r * resemblance, val_after, resemblance, unsup)
 
 
 def exact_view_grads(problem: MetaProblem, views: Views) -> tuple[Views, MetaTerms]:
@@ -131,7 +132,7 @@ def finite_difference_view_grads(
     stop-gradient the target branch runs at the unperturbed theta on every side, so it is computed once.
     The `forward` scheme differences theta+ against theta itself, whose pass has already run.
     """
-    if problem.unsup is None:
+    if problem.unsup is None or problem.lambda_v == 0:
         return exact_view_grads(problem, views)
     leaves = tuple(v.detach().requires_grad_() for v in views)
     names, theta = list(problem.scope), list(problem.scope.values())
@@ -166,9 +167,10 @@ def finite_difference_view_grads(
     else:
         raise ValueError(f"unknown finite-difference scheme '{scheme}'")
     # The objective whose view gradient is the meta-gradient above (its value means nothing).
-    surrogate = problem.lambda_r * resemblance - problem.eta * difference
+    surrogate = problem.lambda_r * resemblance - problem.lambda_v * problem.eta * difference
     view_grads = _zeros_for_none(torch.autograd.grad(surrogate, leaves, allow_unused=True), leaves)
-    terms = MetaTerms(val_after.detach() + problem.lambda_r * resemblance.detach(), val_after, resemblance, unsup)
+    meta = problem.lambda_v * val_after.detach() + problem.lambda_r * resemblance.detach()
+    terms = MetaTerms(meta, val_after, resemblance, unsup)
     return view_grads, terms
 
 

@@ -52,7 +52,7 @@ class MetaSSL(Generative):
     def meta_step(self) -> dict[str, torch.Tensor]:
         """One Adam update of a batch of latents on L_meta, then the latent constraint."""
         meta, data = self.config.meta, self.ctx.data
-        x_v, y_v = data.validation_batch(meta.validation_batch_size)
+        x_v, y_v = data.validation_batch(meta.validation_batch_size, meta.validation_source, meta.validation_augment)
         rows = self.bank.sample_indices(min(meta.latent_batch_size, len(self.bank)))
         latents = self.bank.batch(rows, requires_grad=True)
         classifier = self.ctx.classifier
@@ -72,6 +72,7 @@ class MetaSSL(Generative):
                 resemblance=self.resemblance,
                 eta=meta.virtual_lr if meta.virtual_lr is not None else self.ctx.current_lr(),
                 lambda_r=meta.lambda_r,
+                lambda_v=meta.lambda_v,
                 x_v=x_v,
                 y_v=y_v,
                 real_features=real_features,
