@@ -113,6 +113,13 @@ class Meta(Block):
         default="renormalize", description="after each update: z to norm sqrt(d), or each coordinate to [-clip, clip]"
     )
     clip: PositiveFloat = Field(default=3.0, description="with latent_constraint=clip: |z| bound")
+    finder: Literal["none", "mlp"] = Field(
+        default="none",
+        description="none: Adam moves the batch's bank rows; mlp: a shared network maps every row's fixed latents"
+        " to the generated ones, and Adam moves its weights, so every meta-step moves every row",
+    )
+    finder_hidden: PositiveInt = Field(default=256, description="with finder=mlp: hidden width")
+    finder_lr: PositiveFloat = Field(default=1e-3, description="with finder=mlp: Adam learning rate of its weights")
 
 
 class MetaSSL(Generative):

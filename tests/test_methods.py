@@ -132,6 +132,7 @@ EXPECTED_METRICS = {
         "meta/unsup",
         "meta/latent_grad_norm",
         "latents/noise_norm",
+        "latents/noise_shift",
         "latents/condition_entropy",
     },
 }

@@ -36,7 +36,8 @@ class Generative(Method):
         latents = initial_latents(self.generator, config.latents, ctx.seed, ctx.data.labeled_images)
         self.bank = LatentBank(latents, lr=latent_lr)
         self.unsup = make_unsup_loss(config.unsup_loss, config.stop_grad, config.threshold)
-        self.cache = SampleCache(self.bank, self.synthesize) if config.cache_samples else None
+        self.initial_noise = self.bank.noise.detach().clone()
+        self.cache = SampleCache(self.bank, self.render) if config.cache_samples else None
         self.grid_rows = torch.arange(min(config.grid_size, len(self.bank)), device=self.bank.noise.device)
         self.initial_grid_latents = self.bank.batch(self.grid_rows)
         self._initial_grid_logged = False
@@ -49,12 +50,19 @@ class Generative(Method):
             latents = {**latents, "condition": latents["condition"] * scale}
         return self.generator(latents, size=self.ctx.data.image_size, channels=self.ctx.data.channels)
 
+    def generated_latents(self, latents: Latents) -> Latents:
+        """The latents the generator receives for bank rows: the rows themselves (a finder maps them)."""
+        return latents
+
+    @torch.no_grad()
+    def render(self, latents: Latents) -> torch.Tensor:
+        return self.synthesize(self.generated_latents(latents))
+
     def synthetic_batch(self, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         rows = self.bank.sample_indices(n)
         if self.cache is not None:
             return self.cache.get(rows).to(dtype)
-        with torch.no_grad():
-            return self.synthesize(self.bank.batch(rows)).to(dtype)
+        return self.render(self.bank.batch(rows)).to(dtype)
 
     def ssl_loss(
         self, iteration: int, images: torch.Tensor, labels: torch.Tensor
@@ -70,7 +78,10 @@ class Generative(Method):
 
     @torch.no_grad()
     def bank_grid(self, latents: Latents | None = None) -> torch.Tensor:
-        return self.synthesize(self.bank.batch(self.grid_rows) if latents is None else latents).float()
+        """The grid rows as images now, or the given (initial) latents as the generator received them."""
+        if latents is None:
+            return self.render(self.bank.batch(self.grid_rows)).float()
+        return self.synthesize(latents).float()
 
     def log_artifacts(self, iteration: int, tracker: Tracker) -> None:
         """The first `grid_size` latents of the bank as images: at the start, and (if the bank moves) now."""

@@ -67,19 +67,10 @@ class LatentBank(nn.Module):
 
     @torch.no_grad()
     def constrain(self, rows: torch.Tensor, kind: str, clip: float = 3.0) -> None:
-        """Keep z near the generator's prior: `renormalize` to norm sqrt(d), or `clip` each coordinate."""
+        """Keep the rows' z near the generator's prior (`constrain_noise`)."""
         if kind == "none":
             return
-        z = self.noise[rows]
-        if kind == "renormalize":
-            d = z[0].numel()
-            norms = z.flatten(1).norm(dim=1).clamp_min(1e-12).view((-1,) + (1,) * (z.dim() - 1))
-            z = z * (math.sqrt(d) / norms)
-        elif kind == "clip":
-            z = z.clamp(-clip, clip)
-        else:
-            raise ValueError(f"unknown latent constraint '{kind}'")
-        self.noise[rows] = z
+        self.noise[rows] = constrain_noise(self.noise[rows], kind, clip)
         self.revision[rows] += 1
 
     @torch.no_grad()
@@ -104,6 +95,19 @@ class LatentBank(nn.Module):
         self.revision += 1
         if self.optimizer is not None and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def constrain_noise(z: torch.Tensor, kind: str, clip: float = 3.0) -> torch.Tensor:
+    """`renormalize` each z to norm sqrt(d) (where N(0, I) samples concentrate), or `clip` each coordinate."""
+    if kind == "none":
+        return z
+    if kind == "renormalize":
+        d = z[0].numel()
+        norms = z.flatten(1).norm(dim=1).clamp_min(1e-12).view((-1,) + (1,) * (z.dim() - 1))
+        return z * (math.sqrt(d) / norms)
+    if kind == "clip":
+        return z.clamp(-clip, clip)
+    raise ValueError(f"unknown latent constraint '{kind}'")
 
 
 def initial_latents(

@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
+from runner.generators.base import Latents
 from runner.methods.base import Method, TrainContext
 from runner.methods.generative import Generative
+from runner.methods.latent_finder import LatentFinder
 from runner.methods.losses import make_unsup_loss
 from runner.methods.meta_gradient import (
     MetaProblem,
@@ -33,6 +35,18 @@ class MetaSSL(Generative):
         # Phase (i) applies the stop-gradient to theta itself (MetaProblem.stop_grad), not to the target features.
         self.meta_unsup = make_unsup_loss(config.unsup_loss, stop_grad=False, threshold=config.threshold)
         scope_parameters(ctx.classifier, config.meta.scope, config.meta.scope_blocks)  # a bad scope fails at build
+        self.finder: LatentFinder | None = None
+        if config.meta.finder == "mlp":
+            shapes = {key: tensor.shape[1:] for key, tensor in zip(self.bank.keys(), self.bank.tensors(), strict=True)}
+            meta = config.meta
+            with torch.random.fork_rng(devices=[]):  # its init must not shift the run's global RNG stream
+                torch.manual_seed(ctx.seed)
+                self.finder = LatentFinder(shapes, meta.finder_hidden, meta.latent_constraint, meta.clip)
+            self.finder.to(self.bank.noise.device)
+            self.finder_optimizer = torch.optim.Adam(self.finder.parameters(), lr=meta.finder_lr)
+
+    def generated_latents(self, latents: Latents) -> Latents:
+        return latents if self.finder is None else self.finder(latents)
 
     def meta_phase(self, iteration: int, steps: int) -> dict[str, Any]:
         classifier = self.ctx.classifier
@@ -54,12 +68,12 @@ class MetaSSL(Generative):
         meta, data = self.config.meta, self.ctx.data
         x_v, y_v = data.validation_batch(meta.validation_batch_size, meta.validation_source, meta.validation_augment)
         rows = self.bank.sample_indices(min(meta.latent_batch_size, len(self.bank)))
-        latents = self.bank.batch(rows, requires_grad=True)
+        latents = self.bank.batch(rows, requires_grad=self.finder is None)
         classifier = self.ctx.classifier
         scope = scope_parameters(classifier, meta.scope, meta.scope_blocks)
         depth = frozen_trunk_depth(classifier, scope)
         with self.ctx.autocast():
-            images = self.synthesize(latents).to(x_v.dtype)
+            images = self.synthesize(self.generated_latents(latents)).to(x_v.dtype)
             with torch.no_grad():
                 x_v = trunk_forward(classifier, x_v, depth)
             val_before, real_features = validation_forward(classifier, x_v, y_v, depth)
@@ -85,19 +99,46 @@ class MetaSSL(Generative):
                 view_grads, terms = finite_difference_view_grads(problem, views, meta.fd_epsilon, meta.fd_scheme)
         # One backward through the frozen trunk, the augmentation and the generator, whichever meta-gradient made
         # the view grads.
-        leaves = list(latents.values())
+        leaves = list(latents.values()) if self.finder is None else list(self.finder.parameters())
         grads = torch.autograd.grad(views, leaves, grad_outputs=view_grads, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
-        self.bank.step(rows, dict(zip(latents, grads, strict=True)))
-        self.bank.constrain(rows, meta.latent_constraint, meta.clip)
-        grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads) / len(rows))
+        if self.finder is None:
+            self.bank.step(rows, dict(zip(latents, grads, strict=True)))
+            self.bank.constrain(rows, meta.latent_constraint, meta.clip)
+            grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads) / len(rows))
+        else:
+            for parameter, grad in zip(leaves, grads, strict=True):
+                parameter.grad = grad
+            self.finder_optimizer.step()
+            self.finder_optimizer.zero_grad(set_to_none=True)
+            self.bank.revision += 1  # every row's generated latents moved
+            grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
         return {**terms.metrics(), "meta/val_loss_before": val_before.detach(), "meta/latent_grad_norm": grad_norm}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.finder is not None:
+            state["finder"] = self.finder.state_dict()
+            state["finder_optimizer"] = self.finder_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.finder is not None:
+            self.finder.load_state_dict(state["finder"])
+            self.finder_optimizer.load_state_dict(state["finder_optimizer"])
 
     @torch.no_grad()
     def latent_metrics(self) -> dict[str, torch.Tensor]:
-        metrics = {"latents/noise_norm": self.bank.noise_norm()}
-        if self.bank.condition is not None and self.generator.spec.condition == "class":
-            probs = torch.softmax(self.bank.condition.flatten(1).float() / self.config.latents.temperature, dim=1)
+        """How far the generated latents are from where they started, their norm, and the classes' entropy."""
+        latents = self.generated_latents(self.bank.batch(torch.arange(len(self.bank), device=self.bank.noise.device)))
+        noise = latents["noise"].flatten(1).float()
+        metrics = {
+            "latents/noise_norm": noise.norm(dim=1).mean(),
+            "latents/noise_shift": (noise - self.initial_noise.flatten(1).float()).norm(dim=1).mean(),
+        }
+        if "condition" in latents and self.generator.spec.condition == "class":
+            probs = torch.softmax(latents["condition"].flatten(1).float() / self.config.latents.temperature, dim=1)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
             metrics["latents/condition_entropy"] = entropy
         return metrics

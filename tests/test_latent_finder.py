@@ -1,0 +1,77 @@
+"""The latent finder (`method.meta.finder: mlp`): starts as the identity, moves every row, resumes exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from runner.methods.metassl import MetaSSL
+from runner.registry import METHODS
+from tests.method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_context
+
+
+def build(finder: str = "mlp", seed: int = 0) -> MetaSSL:
+    config = {
+        "name": "metassl",
+        "latents": {"bank_size": 24},
+        "meta": {"latent_batch_size": 8, "virtual_lr": 0.5, "finder": finder, "finder_lr": 0.05},
+    }
+    ctx = toy_context(config, tiny_classifier(seed=seed), ToyData(), TinyGenerator(), seed=seed)
+    method = METHODS.build(ctx.recipe.method, ctx)
+    assert isinstance(method, MetaSSL)
+    return method
+
+
+def all_rows(method: MetaSSL) -> torch.Tensor:
+    return torch.arange(len(method.bank))
+
+
+def test_the_finder_starts_as_the_identity_and_leaves_the_global_rng_alone():
+    with one_thread():
+        torch.manual_seed(0)
+        plain = build("none")
+        after_plain = torch.rand(3)
+        torch.manual_seed(0)
+        found = build("mlp")
+        assert torch.equal(torch.rand(3), after_plain)
+        assert torch.allclose(
+            found.render(found.bank.batch(all_rows(found))), plain.render(plain.bank.batch(all_rows(plain)))
+        )
+
+
+def test_one_meta_step_moves_every_row_and_no_bank_row():
+    with one_thread():
+        torch.manual_seed(0)
+        method = build()
+        rows = all_rows(method)
+        before = method.generated_latents(method.bank.batch(rows))
+        bank_before = method.bank.noise.detach().clone()
+        revision = method.bank.revision.clone()
+        metrics = method.meta_step()
+        after = method.generated_latents(method.bank.batch(rows))
+        moved = (after["noise"] - before["noise"]).norm(dim=1)
+        assert bool((moved > 0).all()), "a batch of 8 moved all 24 rows"
+        assert torch.equal(method.bank.noise, bank_before)
+        assert bool((method.bank.revision > revision).all())  # every cached image is now stale
+        assert torch.allclose(after["noise"].norm(dim=1), before["noise"].norm(dim=1), atol=1e-5)  # renormalized
+        assert float(metrics["meta/latent_grad_norm"]) > 0
+
+
+def test_resume_restores_the_finder_and_its_optimizer():
+    with one_thread():
+        torch.manual_seed(0)
+        uninterrupted = build()
+        for _ in range(2):
+            uninterrupted.meta_step()
+        state, rng = copy.deepcopy(uninterrupted.state_dict()), torch.get_rng_state()
+        for _ in range(3):
+            uninterrupted.meta_step()
+        resumed = build()
+        resumed.meta_step()
+        resumed.load_state_dict(state)
+        torch.set_rng_state(rng)
+        for _ in range(3):
+            resumed.meta_step()
+        for ours, theirs in zip(resumed.finder.parameters(), uninterrupted.finder.parameters(), strict=True):
+            assert torch.equal(ours, theirs)
