@@ -33,3 +33,18 @@ if [ "$STAGE" = select ]; then
   sweep select-method-finder "$R" "${E[@]}" -o method.meta.finder=mlp
   sweep select-method-visits "$R" "${E[@]}" -o method.latents.bank_size=256 -o method.meta.lr=0.2
 fi
+
+if [ "$STAGE" = final ]; then
+  # Every method once on the test split, paired seeds 0-4, both label budgets. METHOD_OVERRIDES is the
+  # configuration the select stage chose on val/accuracy (docs/RESULTS.md says which and why).
+  read -r -a CHOSEN <<< "${METHOD_OVERRIDES:-}"
+  for bench in ${BENCHMARKS:-tops}; do
+    if [ "$bench" = tops ]; then P=recipes/fashion_mnist_tops; else P=recipes/fashion_mnist_40labels; fi
+    E=(-o tracking.experiment="phase-i-final-$bench" --grid data.labels_per_class=1,4 --grid seed=0,1,2,3,4)
+    sweep "final-$bench-supervised" "${P}_supervised.yaml" "${E[@]}"
+    sweep "final-$bench-fixmatch" "${P}_fixmatch.yaml" "${E[@]}"
+    sweep "final-$bench-generative-random" "${P}_generative.yaml" "${E[@]}"
+    sweep "final-$bench-generative-pseudo" "${P}_generative.yaml" "${E[@]}" -o method.latents.classes=pseudo
+    sweep "final-$bench-method" "${P}.yaml" "${E[@]}" "${CHOSEN[@]}"
+  done
+fi
