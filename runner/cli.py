@@ -58,10 +58,8 @@ def user_errors(command: Command) -> Command:
 
 
 def _load(recipe: Path, overrides: list[str] | None) -> Any:
-    from runner.registry import load_plugins
     from schemas import load_recipe
 
-    load_plugins()
     return load_recipe(recipe, overrides)
 
 
@@ -132,10 +130,8 @@ def schema(
     output: Annotated[Path | None, typer.Option("--output", help="write to this file instead of stdout")] = None,
 ) -> None:
     """Print the recipe JSON Schema (for editor autocompletion and validation)."""
-    from runner.registry import load_plugins
     from schemas import recipe_model
 
-    load_plugins()
     text = json.dumps(recipe_model().model_json_schema(), indent=2)
     if output is None:
         typer.echo(text)

@@ -73,9 +73,6 @@ def _apply(document: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 def plan_sweep(recipe_path: Path, grid_options: list[str], overrides: list[str], name: str | None) -> SweepPlan:
     """Parse and expand the grid and validate every child; a UserError if the sweep as a whole cannot start."""
-    from runner.registry import load_plugins
-
-    load_plugins()
     grid = parse_grid(grid_options)
     if not grid:
         raise UserError("give at least one --grid key=v1,v2 (e.g. --grid seed=0,1,2)")

@@ -14,7 +14,6 @@ import torch
 
 from runner.generators.base import Generator, Latents, LatentSpec
 from runner.generators.loading import offline_error
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import BigGAN
 
@@ -77,7 +76,6 @@ class BigGANGenerator(Generator):
         return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
-@GENERATORS.register("biggan")
 def build_biggan(config: BigGAN, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
     """BigGAN-deep (pytorch-pretrained-biggan), noise plus a soft class vector over ImageNet classes."""
     package = _package()

@@ -14,7 +14,6 @@ from diffusers import CMStochasticIterativeScheduler, UNet2DModel
 from runner.generators.base import Generator, Latents, LatentSpec
 from runner.generators.loading import load_pretrained
 from runner.generators.soft_class import soften
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import Consistency
 
@@ -69,7 +68,6 @@ class ConsistencyGenerator(Generator):
         return (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
-@GENERATORS.register("consistency")
 def build_consistency(config: Consistency, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
     """A one-step consistency model (diffusers layout: unet/ and scheduler/)."""
     load = {"local_files_only": config.local_files_only}

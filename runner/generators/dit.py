@@ -14,7 +14,6 @@ from runner.generators.base import Generator, Latents, LatentSpec
 from runner.generators.consistency import enable_checkpointing, square_size
 from runner.generators.loading import load_pretrained
 from runner.generators.soft_class import soften
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import DiT
 
@@ -79,7 +78,6 @@ class DiTGenerator(Generator):
         return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
-@GENERATORS.register("dit")
 def build_dit(config: DiT, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
     """DiT (diffusers layout: transformer/, vae/, scheduler/)."""
     load = {"local_files_only": config.local_files_only}

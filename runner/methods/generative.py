@@ -12,7 +12,6 @@ from runner.methods.latent_bank import LatentBank, initial_latents
 from runner.methods.losses import make_unsup_loss
 from runner.methods.sample_cache import SampleCache
 from runner.methods.semi_supervised import ssl_objective, two_views
-from runner.registry import METHODS
 from schemas import UserError
 from schemas.methods import Generative as GenerativeConfig
 
@@ -87,7 +86,6 @@ class Generative(Method):
         self.bank.load_state_dict(state["bank"])
 
 
-@METHODS.register("generative")
 def build_generative(config: GenerativeConfig, ctx: TrainContext) -> Method:
     """Synthetic unlabeled samples from fixed latents (no phase (i))."""
     return Generative(config, ctx)
