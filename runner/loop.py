@@ -33,7 +33,6 @@ class LoopState:
 
 
 def checkpoint_state(components: Components, state: LoopState, run_id: str) -> dict[str, Any]:
-    data_state = getattr(components.data, "state_dict", None)
     return {
         "iteration": state.iteration,
         "history": dict(state.history),
@@ -44,7 +43,6 @@ def checkpoint_state(components: Components, state: LoopState, run_id: str) -> d
         "scheduler": components.scheduler.state_dict(),
         "ema": components.ema.state_dict() if components.ema else None,
         "method": components.method.state_dict(),
-        "data": data_state() if data_state else None,
         "rng": rng_state(),
     }
 
@@ -56,8 +54,6 @@ def restore_state(components: Components, checkpoint: dict[str, Any]) -> LoopSta
     if components.ema is not None and checkpoint["ema"] is not None:
         components.ema.load_state_dict(checkpoint["ema"])
     components.method.load_state_dict(checkpoint["method"])
-    if checkpoint.get("data") is not None:
-        components.data.load_state_dict(checkpoint["data"])
     set_rng_state(checkpoint["rng"])
     history: dict[str, list[tuple[int, float]]] = defaultdict(list)
     history.update({key: [tuple(point) for point in points] for key, points in checkpoint["history"].items()})

@@ -78,7 +78,7 @@ class Meta(Block):
     gradient: Literal["exact", "finite_difference"] = Field(
         default="exact",
         description="exact: second order through the virtual step; finite_difference: DARTS-style, first order only"
-        " (less memory, works with DDP)",
+        " (less memory)",
     )
     fd_epsilon: PositiveFloat = Field(
         default=0.01, description="finite_difference: eps = fd_epsilon / |grad_theta' L_val| (DARTS)"

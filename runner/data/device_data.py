@@ -48,10 +48,6 @@ class DeviceData:
     def _store(self, images: ImageSet) -> ImageSet:
         return ImageSet(images.images.to(self.storage), images.labels.to(self.storage))
 
-    @staticmethod
-    def to_float(images: torch.Tensor) -> torch.Tensor:
-        return to_float(images)
-
     def _draw(self, images: ImageSet, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n images drawn uniformly with replacement, as float on the training device, and their labels."""
         index = torch.randint(len(images), (n,), device=self.storage)

@@ -71,9 +71,9 @@ class BigGANGenerator(Generator):
         self.freeze()
 
     def generate(self, latents: Latents) -> torch.Tensor:
-        class_probs = torch.softmax(latents["condition"].float() / self.temperature, dim=-1)
+        class_probs = self.class_probabilities(latents)
         images = self.model(latents["noise"].float(), class_probs, self.truncation)
-        return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return self.to_unit_range(images)
 
 
 def build_biggan(config: BigGAN, *, class_names: list[str], device: torch.device, **_: object) -> Generator:

@@ -61,11 +61,11 @@ class ConsistencyGenerator(Generator):
         x = noise.to(self.unet.dtype) * self.sigma
         class_probs = None
         if self.num_classes:
-            class_probs = torch.softmax(latents["condition"].float() / self.temperature, dim=-1)
+            class_probs = self.class_probabilities(latents)
         t = torch.full((len(x),), self.timestep, device=x.device)
         model_output = self.unet(x * self.c_in, t, class_labels=class_probs).sample
         x0 = self.c_skip * x + self.c_out * model_output
-        return (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return self.to_unit_range(x0)
 
 
 def build_consistency(config: Consistency, *, class_names: list[str], device: torch.device, **_: object) -> Generator:

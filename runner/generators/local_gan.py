@@ -53,7 +53,7 @@ class LocalGANGenerator(Generator):
         self.freeze()
 
     def generate(self, latents: Latents) -> torch.Tensor:
-        class_probs = torch.softmax(latents["condition"].float() / self.temperature, dim=-1)
+        class_probs = self.class_probabilities(latents)
         return self.model(latents["noise"].float(), class_probs)
 
     def source_logits(self, images: torch.Tensor) -> torch.Tensor:

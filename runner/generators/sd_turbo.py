@@ -74,7 +74,7 @@ class SDTurboGenerator(Generator):
         else:
             x0 = (x - (1 - alpha).sqrt() * out) / alpha.sqrt()
         images = self.vae.decode(x0 / self.vae.config.scaling_factor).sample
-        return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return self.to_unit_range(images)
 
 
 def build_sd_turbo(config: SDTurbo, *, class_names: list[str], device: torch.device, **_: object) -> Generator:

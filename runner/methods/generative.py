@@ -43,8 +43,8 @@ class Generative(Method):
     def synthesize(self, latents: Latents) -> torch.Tensor:
         """x~ = G(z, c) at the classifier's image size and channels, with c = softmax(a / tau)."""
         if "condition" in latents and self.generator.spec.condition == "class":
-            # The generator applies softmax(condition / its own temperature); rescale so tau is the recipe's.
-            scale = self.generator.temperature / self.config.latents.temperature
+            # The generator applies softmax to the condition; scaling by 1 / tau makes that softmax(a / tau).
+            scale = 1.0 / self.config.latents.temperature
             latents = {**latents, "condition": latents["condition"] * scale}
         return self.generator(latents, size=self.ctx.data.image_size, channels=self.ctx.data.channels)
 
