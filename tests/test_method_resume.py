@@ -3,11 +3,7 @@ and loop ends with exactly the metrics of an uninterrupted run."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from runner.checkpoint import load_checkpoint
-from tests.helpers import ROOT, metassl, tracking_overrides
+from tests.helpers import kill_after_first_checkpoint, metassl, tracking_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -82,25 +78,11 @@ def test_killed_metassl_run_resumes_to_the_same_final_metrics(recipe: Path, tmp_
     assert {"meta/loss", "loss/unsup", "final/test_accuracy"} <= expected.keys()  # the meta and SSL phases ran
 
     store = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "run", str(recipe), *tracking_overrides(store)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    checkpoints: list[Path] = []
-    while not checkpoints and time.monotonic() < deadline and process.poll() is None:
-        checkpoints = list((store / "mlruns").rglob("checkpoints/last.pt"))
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoints, "no checkpoint was written before the run ended"
-    killed = checkpoints[0].parents[2].name
+    checkpoint = kill_after_first_checkpoint(store, "run", str(recipe), *tracking_overrides(store))
+    killed = checkpoint.parents[2].name
     client = client_for(store)
     assert client.get_run(killed).info.status == "RUNNING"  # killed mid-run, not finished
-    stopped_at = load_checkpoint(checkpoints[0])["iteration"]  # type: ignore[index]
+    stopped_at = load_checkpoint(checkpoint)["iteration"]  # type: ignore[index]
     assert stopped_at < ITERATIONS
 
     resumed = metassl("run", "--resume", str(recipe), *tracking_overrides(store))
