@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas import COMPONENT_CONFIGS, Component, UserError, load_plugins
+from schemas.components import KIND_LABELS
 
 
 def resolve_builder(config: type[Component]) -> Callable[..., Any]:
@@ -28,9 +29,9 @@ def resolve_builder(config: type[Component]) -> Callable[..., Any]:
 class Registry:
     """One kind's components (datasets, classifiers, generators, methods): `name` -> config class -> builder."""
 
-    def __init__(self, kind: str, label: str) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind  # the recipe block: data, classifier, generator, method
-        self.label = label
+        self.label = KIND_LABELS[kind]
 
     def configs(self) -> dict[str, type[Component]]:
         load_plugins()
@@ -63,9 +64,9 @@ class Registry:
         return out
 
 
-DATASETS = Registry("data", "dataset")
-CLASSIFIERS = Registry("classifier", "classifier")
-GENERATORS = Registry("generator", "generator")
-METHODS = Registry("method", "method")
+DATASETS = Registry("data")
+CLASSIFIERS = Registry("classifier")
+GENERATORS = Registry("generator")
+METHODS = Registry("method")
 
 REGISTRIES = {"datasets": DATASETS, "classifiers": CLASSIFIERS, "generators": GENERATORS, "methods": METHODS}
