@@ -3,8 +3,9 @@
     python benchmarks/phase_cost.py --config cpu_demo --output phase_cost_cpu.json
     python benchmarks/phase_cost.py --config all --device cuda --iterations 50 --output phase_cost_cuda.json
 
-Each method runs the loop's iteration body (runner/loop.py: labeled batch, meta phase, SSL loss, backward,
-optimizer and scheduler step) on components built through the real registries, with synthetic in-memory data.
+Each method runs the loop's own iteration (runner/train_step.py: labeled batch, meta phase, SSL loss, backward,
+clipping, optimizer, scheduler and EMA steps) on components built through the real registries, with synthetic
+in-memory data.
 The methods are built side by side and timed one iteration each in turn, so they share the machine's conditions;
 peak memory is measured for each method alone first. On CUDA the iteration runs under bf16 autocast.
 """
@@ -22,6 +23,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.setups import METHOD_VARIANTS, SETUPS, Setup, build, build_generator, recipe_for, synthetic_data
 from runner.build import Components
 from runner.environment import git_commit
+from runner.train_step import grad_scaler, train_step
 
 
 class CpuPeak:
@@ -91,26 +94,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def iteration(components: Components, step: int) -> tuple[float, float, int]:
-    """One iteration as `runner.loop.train` runs it after warm-up: (meta s, SSL s, images generated in SSL)."""
-    recipe, method, device = components.recipe, components.method, components.device
+class MetaTimer:
+    """Stands in for a method's `meta_phase` and times each call (synchronised on CUDA), so the shared
+    `train_step` runs unchanged while the benchmark splits its time into the meta and SSL phases."""
+
+    def __init__(self, method: Any, device: torch.device) -> None:
+        self.meta_phase = method.meta_phase
+        self.device = device
+        self.seconds = 0.0
+        method.meta_phase = self
+
+    def __call__(self, iteration: int, steps: int) -> dict[str, Any]:
+        sync(self.device)
+        start = time.perf_counter()
+        metrics = self.meta_phase(iteration, steps)
+        sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return metrics
+
+
+@dataclass
+class Timed:
+    """One method's components, the loop's grad scaler, and the timer on its meta phase."""
+
+    components: Components
+    scaler: torch.amp.GradScaler
+    meta: MetaTimer
+
+
+def iteration(timed: Timed, step: int) -> tuple[float, float, int]:
+    """One `runner.train_step.train_step`, as the loop runs it: (meta s, SSL s, images generated in SSL)."""
+    components = timed.components
+    timed.meta.seconds = 0.0
     start = time.perf_counter()
-    images, labels = components.data.labeled_batch(recipe.data.batch_size)
-    meta_seconds = 0.0
-    if method.has_meta_phase and step % recipe.schedule.meta.every == 0:
-        sync(device)
-        meta_start = time.perf_counter()
-        method.meta_phase(step, recipe.schedule.meta.steps)
-        sync(device)
-        meta_seconds = time.perf_counter() - meta_start
-    with components.ctx.autocast():
-        loss, metrics = method.ssl_loss(step, images, labels)
-    components.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    components.optimizer.step()
-    components.scheduler.step()
-    sync(device)
-    generated = metrics.get("synthetic/generated", getattr(method.config, "unlabeled_batch_size", 0))
+    _, metrics = train_step(components, step, timed.scaler)
+    sync(components.device)
+    meta_seconds = timed.meta.seconds
+    generated = metrics.get("synthetic/generated", getattr(components.method.config, "unlabeled_batch_size", 0))
     return meta_seconds, time.perf_counter() - start - meta_seconds, int(generated)
 
 
@@ -130,14 +150,14 @@ GENERATIVE_METHODS = ("generative", "metassl")
 
 def build_variant(
     setup: Setup, variant: str, args: argparse.Namespace, data: Any, device: torch.device, generator: Any
-) -> Components:
+) -> Timed:
     """One method's components, trained from scratch, with its sample cache (if any) fully rendered."""
     unlabeled = args.mu * args.batch_size
     recipe = recipe_for(setup, variant, args.batch_size, unlabeled, device.type, args.warmup + args.iterations + 8)
     components = build(recipe, data, generator if recipe.method.name in GENERATIVE_METHODS else None)
     components.classifier.train()
     render_whole_bank(components.method)
-    return components
+    return Timed(components, grad_scaler(components), MetaTimer(components.method, device))
 
 
 def needs_generator(variant: str) -> bool:
@@ -150,11 +170,11 @@ def peak_memory_mb(
     """Peak memory of building one method (its own generator included) and running a few iterations, alone."""
     memory.start()
     generator = build_generator(setup, device, data[0].classes)[0] if needs_generator(variant) else None
-    components = build_variant(setup, variant, args, data, device, generator)
+    timed = build_variant(setup, variant, args, data, device, generator)
     for step in range(min(args.warmup, 2) + 2):
-        iteration(components, step)
+        iteration(timed, step)
     peak = memory.stop()
-    del components, generator
+    del timed, generator
     return peak / 2**20
 
 
@@ -172,8 +192,8 @@ def time_interleaved(
         generator, generator_source = build_generator(setup, device, data[0].classes)
     built = {variant: build_variant(setup, variant, args, data, device, generator) for variant in args.methods}
     for step in range(args.warmup):
-        for components in built.values():
-            iteration(components, step)
+        for timed in built.values():
+            iteration(timed, step)
     timings: dict[str, list[tuple[float, float, int]]] = {variant: [] for variant in args.methods}
     for step in range(args.iterations):
         order = args.methods if step % 2 == 0 else list(reversed(args.methods))

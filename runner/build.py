@@ -86,11 +86,9 @@ def assemble(
     scheduler = build_scheduler(recipe.optim.lr_schedule, optimizer, recipe.schedule.iterations)
     ema = EMA(classifier, recipe.optim.ema.decay) if recipe.optim.ema.enabled else None
     ctx = TrainContext(
-        recipe=recipe,
         classifier=classifier,
         data=data,
         generator=generator,
-        device=device,
         autocast=autocast_factory(recipe.runtime, device),
         current_lr=lambda: optimizer.param_groups[0]["lr"],
         seed=recipe.seed,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from runner.tracking import FINAL_ACCURACY
 from schemas import UserError
 
 app = typer.Typer(
@@ -58,10 +59,8 @@ def user_errors(command: Command) -> Command:
 
 
 def _load(recipe: Path, overrides: list[str] | None) -> Any:
-    from runner.registry import load_plugins
     from schemas import load_recipe
 
-    load_plugins()
     return load_recipe(recipe, overrides)
 
 
@@ -84,9 +83,10 @@ def run(
 ) -> None:
     """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
     from runner import session
+    from runner.tracking import quiet_libraries
     from schemas.training import Tracking
 
-    session.quiet_libraries()
+    quiet_libraries()
     if resume is not None and recipe is not None:
         fail("give either RECIPE or --resume, not both")
     if resume is None and recipe is None:
@@ -132,10 +132,8 @@ def schema(
     output: Annotated[Path | None, typer.Option("--output", help="write to this file instead of stdout")] = None,
 ) -> None:
     """Print the recipe JSON Schema (for editor autocompletion and validation)."""
-    from runner.registry import load_plugins
     from schemas import recipe_model
 
-    load_plugins()
     text = json.dumps(recipe_model().model_json_schema(), indent=2)
     if output is None:
         typer.echo(text)
@@ -195,13 +193,12 @@ def runs(
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
     """List recent runs with their status and final accuracy."""
-    from runner.session import quiet_libraries
-    from runner.tracking import list_runs
+    from runner.tracking import list_runs, quiet_libraries
     from schemas.training import Tracking
 
     quiet_libraries()
     for found in list_runs(Tracking(experiment=experiment, tracking_uri=tracking_uri), limit):
-        accuracy = found.data.metrics.get("final/test_accuracy")
+        accuracy = found.data.metrics.get(FINAL_ACCURACY)
         shown = "-" if accuracy is None else f"{accuracy:.4f}"
         typer.echo(f"{found.info.run_id}  {found.info.status:<9} {shown:>7}  {found.info.run_name}")
 
@@ -214,7 +211,7 @@ def evaluate_run(
 ) -> None:
     """Re-evaluate a finished run's logged weights on its test split."""
     from runner.evaluation_job import evaluate_logged_run
-    from runner.session import quiet_libraries
+    from runner.tracking import quiet_libraries
     from schemas.training import Tracking
 
     quiet_libraries()
@@ -231,7 +228,7 @@ def pretrain(
 ) -> None:
     """Train the project's own generator (a `local_gan` block) on its source split and save it."""
     from runner.generators.pretrain import pretrain_from_file
-    from runner.session import quiet_libraries
+    from runner.tracking import quiet_libraries
 
     quiet_libraries()
     path = pretrain_from_file(recipe, override or [], force=force)
@@ -259,9 +256,9 @@ def sweep(
 
     [bold]metassl sweep recipes/digits_tiny.yaml --grid method.name=supervised,fixmatch --grid seed=0,1,2[/bold]
     """
-    from runner.session import quiet_libraries
     from runner.sweep import SweepFailed, run_sweep
     from runner.sweep_plan import plan_sweep
+    from runner.tracking import quiet_libraries
 
     quiet_libraries()
     plan = plan_sweep(recipe, grid or [], override or [], name)
@@ -281,7 +278,7 @@ def report(
     output: Annotated[
         Path | None, typer.Option("--output", help="also write results.md, results.csv, results.png here")
     ] = None,
-    metric: Annotated[str, typer.Option(help="the metric to summarise")] = "final/test_accuracy",
+    metric: Annotated[str, typer.Option(help="the metric to summarise")] = FINAL_ACCURACY,
     reference: Annotated[
         list[str] | None,
         typer.Option(
@@ -293,7 +290,7 @@ def report(
 ) -> None:
     """Mean ± std over seeds per method and label budget, as Markdown, CSV and a plot (logged to the parent run)."""
     from runner.report import make_report
-    from runner.session import quiet_libraries
+    from runner.tracking import quiet_libraries
 
     quiet_libraries()
     typer.echo(make_report(source, tracking_uri, metric, output, reference))

@@ -9,7 +9,8 @@ from runner.data.device_data import DeviceData
 from runner.evaluate import evaluate
 from runner.registry import CLASSIFIERS
 from runner.runtime import autocast_factory, configure, select_device
-from runner.session import WEIGHTS_ARTIFACT, recipe_of_run
+from runner.session import WEIGHTS_ARTIFACT
+from runner.tracking import FINAL_ACCURACY, recipe_of_run
 from schemas import UserError
 from schemas.training import Tracking
 
@@ -34,7 +35,7 @@ def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
         data.num_classes,
         autocast_factory(recipe.runtime, device),
     )
-    logged = run.data.metrics.get("final/test_accuracy")
+    logged = run.data.metrics.get(FINAL_ACCURACY)
     lines = [f"run {run_id} ({recipe.name}): test accuracy {result.accuracy:.4f}, loss {result.loss:.4f}"]
     if logged is not None:
         lines.append(

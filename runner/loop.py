@@ -18,6 +18,7 @@ from runner.checkpoint import save_checkpoint
 from runner.evaluate import Evaluation, evaluate
 from runner.runtime import rng_state, set_rng_state
 from runner.tracking import Tracker
+from runner.train_step import grad_scaler, train_step
 
 console = Console(stderr=True)
 
@@ -32,7 +33,6 @@ class LoopState:
 
 
 def checkpoint_state(components: Components, state: LoopState, run_id: str) -> dict[str, Any]:
-    data_state = getattr(components.data, "state_dict", None)
     return {
         "iteration": state.iteration,
         "history": dict(state.history),
@@ -43,7 +43,7 @@ def checkpoint_state(components: Components, state: LoopState, run_id: str) -> d
         "scheduler": components.scheduler.state_dict(),
         "ema": components.ema.state_dict() if components.ema else None,
         "method": components.method.state_dict(),
-        "data": data_state() if data_state else None,
+        "data": components.data.state_dict(),  # the labeled order's own RNG
         "rng": rng_state(),
     }
 
@@ -55,8 +55,7 @@ def restore_state(components: Components, checkpoint: dict[str, Any]) -> LoopSta
     if components.ema is not None and checkpoint["ema"] is not None:
         components.ema.load_state_dict(checkpoint["ema"])
     components.method.load_state_dict(checkpoint["method"])
-    if checkpoint.get("data") is not None:
-        components.data.load_state_dict(checkpoint["data"])
+    components.data.load_state_dict(checkpoint["data"])
     set_rng_state(checkpoint["rng"])
     history: dict[str, list[tuple[int, float]]] = defaultdict(list)
     history.update({key: [tuple(point) for point in points] for key, points in checkpoint["history"].items()})
@@ -99,8 +98,7 @@ def train(components: Components, tracker: Tracker, checkpoint_file: Path, state
     schedule = recipe.schedule
     method, classifier, data = components.method, components.classifier, components.data
     images_per_step = recipe.data.batch_size + int(getattr(recipe.method, "unlabeled_batch_size", 0))
-    use_scaler = components.device.type == "cuda" and recipe.runtime.precision == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = grad_scaler(components)
     window: dict[str, list[Any]] = defaultdict(list)
     window_start, window_steps = time.perf_counter(), 0
     evaluation: Evaluation | None = None
@@ -111,28 +109,7 @@ def train(components: Components, tracker: Tracker, checkpoint_file: Path, state
             "train", total=schedule.iterations, completed=state.iteration, loss="-", acc="-", speed="-"
         )
         for iteration in range(state.iteration, schedule.iterations):
-            images, labels = data.labeled_batch(recipe.data.batch_size)
-            metrics: dict[str, Any] = {}
-            if iteration < schedule.warmup:
-                with components.ctx.autocast():
-                    loss, metrics = method.supervised_loss(images, labels)
-            else:
-                if method.has_meta_phase and iteration % schedule.meta.every == 0:
-                    metrics.update(method.meta_phase(iteration, schedule.meta.steps))
-                with components.ctx.autocast():
-                    loss, ssl_metrics = method.ssl_loss(iteration, images, labels)
-                metrics.update(ssl_metrics)
-
-            components.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if recipe.optim.grad_clip is not None:
-                scaler.unscale_(components.optimizer)
-                torch.nn.utils.clip_grad_norm_(classifier.parameters(), recipe.optim.grad_clip)
-            scaler.step(components.optimizer)
-            scaler.update()
-            components.scheduler.step()
-            if components.ema is not None:
-                components.ema.update(classifier)
+            loss, metrics = train_step(components, iteration, scaler)
 
             window["loss/total"].append(loss.detach())
             for key, value in metrics.items():

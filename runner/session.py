@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
-
-import yaml
 
 from runner import environment
 from runner.build import Components, build_components, prepare_data
@@ -21,8 +17,8 @@ from runner.checkpoint import checkpoint_path, load_checkpoint
 from runner.evaluate import Evaluation
 from runner.loop import LoopState, console, restore_state, train
 from runner.plots import close, confusion_figure, learning_curves_figure
-from runner.tracking import RECIPE_ARTIFACT, Tracker, find_run, latest_unfinished_run, local_artifact_dir
-from schemas import Recipe, UserError, recipe_to_dict, validate_recipe
+from runner.tracking import FINAL_ACCURACY, RECIPE_ARTIFACT, Tracker, latest_unfinished_run, recipe_of_run
+from schemas import Recipe, UserError, recipe_to_dict
 from schemas.training import Tracking
 
 WEIGHTS_ARTIFACT = "model/classifier.safetensors"
@@ -86,7 +82,7 @@ def _log_run_outputs(tracker: Tracker, components: Components, evaluation: Evalu
         {**final, "per_class_accuracy": dict(zip(data.classes, evaluation.per_class_accuracy, strict=True))},
         "metrics/final.json",
     )
-    tracker.log_metrics({"final/test_accuracy": evaluation.accuracy}, step=state.iteration)
+    tracker.log_metrics({FINAL_ACCURACY: evaluation.accuracy}, step=state.iteration)
     if components.recipe.tracking.log_model:
         weights = {k: v.detach().cpu().contiguous() for k, v in components.eval_model().state_dict().items()}
         with tempfile.TemporaryDirectory() as tmp:
@@ -135,24 +131,6 @@ def execute(
     return RunResult(run_id, evaluation.accuracy, time.perf_counter() - started, evaluation)
 
 
-@dataclass
-class LoggedRun:
-    recipe: Recipe
-    run: Any
-    artifact_dir: Path
-
-
-def recipe_of_run(run_id: str, tracking: Tracking) -> LoggedRun:
-    """The resolved recipe logged with a run, the run itself, and its artifact folder."""
-    client, run = find_run(tracking, run_id)
-    artifact_dir = local_artifact_dir(client, run_id)
-    path = artifact_dir / RECIPE_ARTIFACT
-    if not path.exists():
-        raise UserError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact; it was not started by metassl run")
-    recipe = validate_recipe(yaml.safe_load(path.read_text()), f"run {run_id} {RECIPE_ARTIFACT}")
-    return LoggedRun(recipe, run, artifact_dir)
-
-
 def resume(run_id: str, tracking: Tracking) -> RunResult:
     logged = recipe_of_run(run_id, tracking)
     recipe, run = logged.recipe, logged.run
@@ -166,12 +144,3 @@ def resume_latest(recipe: Recipe) -> RunResult:
     if run_id is None:
         raise UserError(f"--resume: no unfinished run of recipe '{recipe.name}' in {recipe.tracking.tracking_uri}")
     return execute(recipe, resume_run_id=run_id)
-
-
-def quiet_libraries() -> None:
-    """MLflow and alembic log INFO lines on every store open; users want the run's output, not theirs."""
-    import logging
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
-    for name in ("mlflow", "alembic", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from runner.sweep_grid import canonical_value
 from runner.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
-from runner.tracking import PARENT_TAG, Tracker, child_runs, mark_failed, runs_with_tag
+from runner.tracking import FINAL_ACCURACY, PARENT_TAG, Tracker, child_runs, mark_failed, runs_with_tag
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -151,7 +151,7 @@ def _record(plan: SweepPlan, parent_run_id: str, outcome: Outcome) -> None:
     child.run_id = run.info.run_id if run else None
     if outcome.returncode == 0 and run is not None and run.info.status == "FINISHED":
         child.status = "FINISHED"
-        child.accuracy = run.data.metrics.get("final/test_accuracy")
+        child.accuracy = run.data.metrics.get(FINAL_ACCURACY)
         return
     child.status = "FAILED"
     child.error = error_line(outcome.returncode, outcome.log)
@@ -204,7 +204,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1) -> list[Child]:
             if child.key in finished:
                 run = finished[child.key]
                 child.status, child.run_id = "SKIPPED", run.info.run_id
-                child.accuracy = run.data.metrics.get("final/test_accuracy")
+                child.accuracy = run.data.metrics.get(FINAL_ACCURACY)
             elif child.recipe is not None:
                 todo.append(child)
         for child in plan.children:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.sweep_grid import Assignment, Grid, as_overrides, child_key, expand, parse_grid, sweep_identity
+from runner.tracking import FINAL_ACCURACY
 from schemas import Recipe, UserError, set_override, validate_recipe
 from schemas.recipe import read_recipe_document
 from schemas.training import Tracking
@@ -39,7 +40,7 @@ class Child:
             "overrides": self.key,
             "status": self.status,
             "run_id": self.run_id,
-            "final/test_accuracy": self.accuracy,
+            FINAL_ACCURACY: self.accuracy,
             "seconds": self.seconds,
             "error": self.error,
         }
@@ -73,9 +74,6 @@ def _apply(document: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 def plan_sweep(recipe_path: Path, grid_options: list[str], overrides: list[str], name: str | None) -> SweepPlan:
     """Parse and expand the grid and validate every child; a UserError if the sweep as a whole cannot start."""
-    from runner.registry import load_plugins
-
-    load_plugins()
     grid = parse_grid(grid_options)
     if not grid:
         raise UserError("give at least one --grid key=v1,v2 (e.g. --grid seed=0,1,2)")

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from schemas import UserError
+import yaml
+
+from schemas import Recipe, UserError, validate_recipe
 from schemas.training import Tracking
 
 PARENT_TAG = "mlflow.parentRunId"
 RECIPE_ARTIFACT = "recipe.yaml"
+FINAL_ACCURACY = "final/test_accuracy"  # the metric a finished run reports; `runs`, sweeps and reports read it
+
+
+def quiet_libraries() -> None:
+    """MLflow and alembic log INFO lines on every store open; users want the run's output, not theirs."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    for name in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _client(tracking: Tracking) -> Any:
@@ -146,9 +160,6 @@ class Tracker:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(buffer.getvalue())
 
-    def get_run(self) -> Any:
-        return self.client.get_run(self.run_id)
-
 
 def local_artifact_dir(client: Any, run_id: str) -> Path:
     uri = client.get_run(run_id).info.artifact_uri
@@ -239,3 +250,21 @@ def mark_failed(tracking: Tracking, run_id: str) -> None:
 
 def list_runs(tracking: Tracking, max_results: int = 20) -> list[Any]:
     return _search(tracking, "", ["attributes.start_time DESC"], max_results=max_results)
+
+
+@dataclass
+class LoggedRun:
+    recipe: Recipe
+    run: Any
+    artifact_dir: Path
+
+
+def recipe_of_run(run_id: str, tracking: Tracking) -> LoggedRun:
+    """The resolved recipe logged with a run, the run itself, and its artifact folder."""
+    client, run = find_run(tracking, run_id)
+    artifact_dir = local_artifact_dir(client, run_id)
+    path = artifact_dir / RECIPE_ARTIFACT
+    if not path.exists():
+        raise UserError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact; it was not started by metassl run")
+    recipe = validate_recipe(yaml.safe_load(path.read_text()), f"run {run_id} {RECIPE_ARTIFACT}")
+    return LoggedRun(recipe, run, artifact_dir)

@@ -1,28 +1,28 @@
 """Pydantic models of a metassl recipe. Imports no torch, so validation is instant."""
 
+from schemas.components import COMPONENT_CONFIGS, Component, load_plugins
 from schemas.errors import RecipeError, UserError
 from schemas.recipe import (
-    COMPONENT_CONFIGS,
     Recipe,
     dump_recipe,
     load_recipe,
     recipe_model,
     recipe_to_dict,
-    register_config,
     set_override,
     validate_recipe,
 )
 
 __all__ = [
     "COMPONENT_CONFIGS",
+    "Component",
     "Recipe",
     "RecipeError",
     "UserError",
     "dump_recipe",
+    "load_plugins",
     "load_recipe",
     "recipe_model",
     "recipe_to_dict",
-    "register_config",
     "set_override",
     "validate_recipe",
 ]

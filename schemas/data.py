@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from schemas.base import Block
+from schemas.components import Component
 
 
 class Validation(Block):
@@ -36,7 +37,7 @@ class Augment(Block):
     cutout: float = Field(default=0.5, ge=0.0, le=1.0, description="cutout side as a fraction of the image")
 
 
-class DataBase(Block):
+class DataBase(Component, kind="data"):
     root: Path | None = Field(
         default=None, description="dataset directory; default: the dataset's usual places, then ~/.cache/metassl"
     )
@@ -82,7 +83,9 @@ class DataBase(Block):
         return self
 
 
-class FashionMNIST(DataBase):
+class FashionMNIST(DataBase, builder="runner.data.datasets.fashion_mnist:build_fashion_mnist"):
+    """Fashion-MNIST, 28x28 grayscale, 10 classes; part of the train split is reserved as the generator's source."""
+
     name: Literal["fashion_mnist"] = "fashion_mnist"
     source_fraction: float = Field(
         default=0.5,
@@ -92,32 +95,41 @@ class FashionMNIST(DataBase):
     )
 
 
-class Digits(DataBase):
+class Digits(DataBase, builder="runner.data.datasets.digits:build_digits"):
+    """sklearn digits, 8x8 grayscale scaled from 0..16 to 0..255, split stratified by `test_fraction`."""
+
     name: Literal["digits"] = "digits"
     test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
 
 
-class CIFAR10(DataBase):
+class CIFAR10(DataBase, builder="runner.data.datasets.torchvision_sets:build_cifar10"):
+    """CIFAR-10, 32x32 RGB, 10 classes."""
+
     name: Literal["cifar10"] = "cifar10"
 
 
-class CIFAR100(DataBase):
+class CIFAR100(DataBase, builder="runner.data.datasets.torchvision_sets:build_cifar100"):
+    """CIFAR-100, 32x32 RGB, 100 classes."""
+
     name: Literal["cifar100"] = "cifar100"
 
 
-class SVHN(DataBase):
+class SVHN(DataBase, builder="runner.data.datasets.torchvision_sets:build_svhn"):
+    """SVHN (train and test splits), 32x32 RGB, 10 digit classes."""
+
     name: Literal["svhn"] = "svhn"
 
 
-class STL10(DataBase):
+class STL10(DataBase, builder="runner.data.datasets.torchvision_sets:build_stl10"):
+    """STL-10, 96x96 RGB, 10 classes, plus its 100k-image unlabeled split."""
+
     name: Literal["stl10"] = "stl10"
 
 
-class ImageFolder(DataBase):
+class ImageFolder(DataBase, builder="runner.data.datasets.image_folder:build_image_folder"):
+    """Your own images, one sub-folder per class under train/ and test/, resized to `image_size`."""
+
     name: Literal["image_folder"] = "image_folder"
     root: Path = Field(description="folder with train/<class>/*.png and test/<class>/*.png")
     image_size: PositiveInt = 32
     grayscale: bool = False
-
-
-DATA_CONFIGS: tuple[type[DataBase], ...] = (FashionMNIST, Digits, CIFAR10, CIFAR100, SVHN, STL10, ImageFolder)

@@ -8,13 +8,14 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from schemas.base import Block
+from schemas.components import Component
 
 
-class GeneratorBase(Block):
+class GeneratorBase(Component, kind="generator"):
     pass
 
 
-class NoGenerator(GeneratorBase):
+class NoGenerator(GeneratorBase, builder="runner.generators.none:build_no_generator"):
     """No generator: for methods that use no synthetic samples."""
 
     name: Literal["none"] = "none"
@@ -28,7 +29,7 @@ class PretrainedSource(GeneratorBase):
     gradient_checkpointing: bool = Field(default=False, description="trade compute for memory in the generator")
 
 
-class Consistency(PretrainedSource):
+class Consistency(PretrainedSource, builder="runner.generators.consistency:build_consistency"):
     """A diffusers UNet2DModel consistency model, one step (e.g. openai/diffusers-cd_imagenet64_l2)."""
 
     name: Literal["consistency"] = "consistency"
@@ -36,7 +37,7 @@ class Consistency(PretrainedSource):
     sigma: float = Field(default=80.0, gt=0.0, description="noise level of the single step (the scheduler's sigma_max)")
 
 
-class DiT(PretrainedSource):
+class DiT(PretrainedSource, builder="runner.generators.dit:build_dit"):
     """DiTTransformer2DModel + AutoencoderKL, a few differentiable DDIM steps."""
 
     name: Literal["dit"] = "dit"
@@ -47,7 +48,7 @@ class DiT(PretrainedSource):
     )
 
 
-class SDTurbo(PretrainedSource):
+class SDTurbo(PretrainedSource, builder="runner.generators.sd_turbo:build_sd_turbo"):
     """One-step text-to-image UNet + VAE; latents are noise plus optimizable prompt embeddings."""
 
     name: Literal["sd_turbo"] = "sd_turbo"
@@ -57,7 +58,7 @@ class SDTurbo(PretrainedSource):
     timestep: int = Field(default=999, ge=0, le=999, description="the one denoising step's timestep")
 
 
-class BigGAN(GeneratorBase):
+class BigGAN(GeneratorBase, builder="runner.generators.biggan:build_biggan"):
     """BigGAN through the optional `pytorch-pretrained-biggan` package (pip install 'metassl[biggan]')."""
 
     name: Literal["biggan"] = "biggan"
@@ -92,12 +93,9 @@ class Pretrain(Block):
     seed: int = 0
 
 
-class LocalGAN(GeneratorBase):
+class LocalGAN(GeneratorBase, builder="runner.generators.local_gan:build_local_gan"):
     """The project's own small one-step generator, trained with `metassl pretrain` on a source split."""
 
     name: Literal["local_gan"] = "local_gan"
     path: Path = Field(description="directory written by save_pretrained (relative paths: from the working directory)")
     pretrain: Pretrain | None = Field(default=None, description="build the checkpoint on first use if missing")
-
-
-GENERATOR_CONFIGS: tuple[type[GeneratorBase], ...] = (NoGenerator, Consistency, DiT, SDTurbo, BigGAN, LocalGAN)

@@ -11,19 +11,20 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from schemas.base import Block
+from schemas.components import Component
 
 
-class MethodBase(Block):
+class MethodBase(Component, kind="method"):
     pass
 
 
-class Supervised(MethodBase):
+class Supervised(MethodBase, builder="runner.methods.supervised:build_supervised"):
     """Cross-entropy on the labeled set only."""
 
     name: Literal["supervised"] = "supervised"
 
 
-class FixMatch(MethodBase):
+class FixMatch(MethodBase, builder="runner.methods.fixmatch:build_fixmatch"):
     """FixMatch with *real* unlabeled data (the images outside the labeled set, or STL-10's unlabeled split)."""
 
     name: Literal["fixmatch"] = "fixmatch"
@@ -44,7 +45,7 @@ class LatentInit(Block):
     temperature: PositiveFloat = Field(default=1.0, description="tau in c_j = softmax(a_j / tau)")
 
 
-class Generative(MethodBase):
+class Generative(MethodBase, builder="runner.methods.generative:build_generative"):
     """The generative baseline: synthetic unlabeled samples from *fixed* latents (no phase (i))."""
 
     name: Literal["generative"] = "generative"
@@ -77,7 +78,7 @@ class Meta(Block):
     gradient: Literal["exact", "finite_difference"] = Field(
         default="exact",
         description="exact: second order through the virtual step; finite_difference: DARTS-style, first order only"
-        " (less memory, works with DDP)",
+        " (less memory)",
     )
     fd_epsilon: PositiveFloat = Field(
         default=0.01, description="finite_difference: eps = fd_epsilon / |grad_theta' L_val| (DARTS)"
@@ -122,7 +123,7 @@ class Meta(Block):
     finder_lr: PositiveFloat = Field(default=1e-3, description="with finder=mlp: Adam learning rate of its weights")
 
 
-class MetaSSL(Generative):
+class MetaSSL(Generative, builder="runner.methods.metassl:build_metassl"):
     """The method: meta-optimized latents (phase i) plus SSL with the feature-cosine loss (phase ii)."""
 
     name: Literal["metassl"] = "metassl"  # type: ignore[assignment]
@@ -140,6 +141,3 @@ class MetaSSL(Generative):
                 f" (method.latents.bank_size = {self.latents.bank_size})"
             )
         return self
-
-
-METHOD_CONFIGS: tuple[type[MethodBase], ...] = (Supervised, FixMatch, Generative, MetaSSL)

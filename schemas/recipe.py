@@ -11,25 +11,13 @@ import yaml
 from pydantic import Field, ValidationError, create_model
 
 from schemas.base import Block
-from schemas.classifiers import CLASSIFIER_CONFIGS, ClassifierBase
-from schemas.data import DATA_CONFIGS, DataBase
+from schemas.classifiers import ClassifierBase
+from schemas.components import COMPONENT_CONFIGS, KIND_LABELS, load_plugins, registrations
+from schemas.data import DataBase
 from schemas.errors import RecipeError
-from schemas.generators import GENERATOR_CONFIGS, GeneratorBase, NoGenerator
-from schemas.methods import METHOD_CONFIGS, MethodBase
+from schemas.generators import GeneratorBase, NoGenerator
+from schemas.methods import MethodBase
 from schemas.training import Optim, Runtime, Schedule, Tracking
-
-# kind -> name -> config model; plugins add to it with `register_config`.
-COMPONENT_CONFIGS: dict[str, dict[str, type[Block]]] = {
-    kind: {model.model_fields["name"].default: model for model in models}
-    for kind, models in {
-        "data": DATA_CONFIGS,
-        "generator": GENERATOR_CONFIGS,
-        "classifier": CLASSIFIER_CONFIGS,
-        "method": METHOD_CONFIGS,
-    }.items()
-}
-
-KIND_LABELS = {"data": "dataset", "generator": "generator", "classifier": "classifier", "method": "method"}
 
 
 class Recipe(Block):
@@ -47,22 +35,20 @@ class Recipe(Block):
     runtime: Runtime = Runtime()
 
 
-def register_config(kind: str, model: type[Block]) -> None:
-    """Make a plugin's config model a valid `name` for `kind` (data, generator, classifier, method)."""
-    name = model.model_fields["name"].default
-    COMPONENT_CONFIGS[kind][name] = model
-    recipe_model.cache_clear()
-
-
 def _union(models: list[type[Block]]) -> Any:
     if len(models) == 1:
         return models[0]
     return Annotated[Union[tuple(models)], Field(discriminator="name")]  # noqa: UP007
 
 
-@cache
 def recipe_model() -> type[Recipe]:
-    """The Recipe model with every registered component, built fresh when a plugin registers."""
+    """The Recipe model over every registered component, plugins included (rebuilt when one registers)."""
+    load_plugins()
+    return _recipe_model(registrations())
+
+
+@cache
+def _recipe_model(_registrations: int) -> type[Recipe]:
     fields: dict[str, Any] = {}
     for kind, by_name in COMPONENT_CONFIGS.items():
         default = Recipe.model_fields[kind]
@@ -77,7 +63,7 @@ def _suggest(kind: str, name: object) -> str:
     return f"unknown {KIND_LABELS[kind]} '{name}'; registered: {', '.join(known)}{hint}"
 
 
-def _describe(error: dict[str, Any], document: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any]) -> str:
     loc = [str(part) for part in error["loc"]]
     kind = loc[0] if loc else ""
     if error["type"] in ("union_tag_invalid", "union_tag_not_found") and kind in COMPONENT_CONFIGS:
@@ -107,8 +93,12 @@ def validate_recipe(document: Any, source: str = "recipe") -> Recipe:
     try:
         return recipe_model().model_validate(document)
     except ValidationError as exc:
-        lines = list(dict.fromkeys(_describe(err, document) for err in exc.errors()))
-        raise RecipeError(f"{source}: " + "; ".join(lines)) from None
+        raise RecipeError(describe_errors(exc, source)) from None
+
+
+def describe_errors(exc: ValidationError, source: str) -> str:
+    """One line naming every invalid field of a recipe (or any other block) and what is wrong with it."""
+    return f"{source}: " + "; ".join(dict.fromkeys(_describe(error) for error in exc.errors()))
 
 
 def parse_yaml(text: str, source: str) -> Any:

@@ -12,9 +12,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from runner.build import Components, assemble
 from runner.classifiers.base import Classifier
+from runner.data.split import LabelSplit
 from runner.generators.base import Generator, LatentSpec
-from runner.methods.base import TrainContext
 from schemas import validate_recipe
 
 SIZE = 4
@@ -33,7 +34,7 @@ def one_thread() -> Iterator[None]:
 
 
 class TinyGenerator(Generator):
-    """A frozen differentiable G(z, c) = sigmoid(W z + E softmax(c / T) + b), shaped 1 x 4 x 4."""
+    """A frozen differentiable G(z, c) = sigmoid(W z + E softmax(c) + b), shaped 1 x 4 x 4."""
 
     def __init__(self, noise_dim: int = 5, sources: int = 3, dtype: torch.dtype = torch.float32, seed: int = 0):
         super().__init__()
@@ -45,7 +46,7 @@ class TinyGenerator(Generator):
         self.freeze()
 
     def generate(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
-        probs = torch.softmax(latents["condition"] / self.temperature, dim=1)
+        probs = torch.softmax(latents["condition"], dim=1)  # in its own dtype (float64 for finite differences)
         pixels = latents["noise"] @ self.noise_map.T + probs @ self.class_map.T
         return torch.sigmoid(pixels).view(-1, 1, SIZE, SIZE)
 
@@ -83,6 +84,7 @@ class ToyData:
     channels, image_size, num_classes = 1, SIZE, CLASSES
     classes = ("top", "left", "centre")
     has_unlabeled = True
+    device = torch.device("cpu")
 
     def __init__(self, per_class: int = 6, dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
         rng = torch.Generator().manual_seed(seed)
@@ -126,19 +128,28 @@ TOY_RECIPE = {
 }
 
 
-def toy_context(
-    method: dict, classifier: nn.Module, data: object, generator: Generator | None, lr: float = 0.1, seed: int = 0
-) -> TrainContext:
-    from contextlib import nullcontext
-
-    recipe = validate_recipe({**TOY_RECIPE, "seed": seed, "method": method})
-    return TrainContext(
-        recipe=recipe,
-        classifier=classifier,  # type: ignore[arg-type]
-        data=data,  # type: ignore[arg-type]
-        generator=generator,
-        device=torch.device("cpu"),
-        autocast=nullcontext,
-        current_lr=lambda: lr,
-        seed=seed,
+def toy_components(
+    method: dict,
+    classifier: nn.Module,
+    data: ToyData,
+    generator: Generator | None,
+    lr: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> Components:
+    """The toy parts assembled as the runner assembles real ones: plain SGD at a constant `lr`, meta every step."""
+    recipe = validate_recipe(
+        {
+            **TOY_RECIPE,
+            "seed": seed,
+            "data": {"name": "digits", "batch_size": batch_size},
+            "method": method,
+            "optim": {
+                "classifier": {"name": "sgd", "lr": lr, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+                "lr_schedule": {"name": "constant"},
+            },
+        }
     )
+    every = torch.arange(len(data.images))
+    split = LabelSplit(labeled=every, validation=every[:0], unlabeled=every[:0])
+    return assemble(recipe, data, split, classifier, generator)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RECIPES, metassl, tracking_overrides
+from tests.helpers import RECIPES, ROOT, metassl, tracking_overrides
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
 
@@ -93,6 +93,19 @@ def test_validate_does_no_torch_work():
     import sys
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False"]
+
+
+def test_runs_imports_no_torch(tmp_path: Path):
+    code = (
+        "import sys; from typer.testing import CliRunner; from runner.cli import app; "
+        f"r = CliRunner().invoke(app, ['runs', '--tracking-uri', 'sqlite:///{tmp_path}/mlflow.db']); "
+        "print(r.exit_code, 'torch' in sys.modules)"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["0", "False"]
 
 

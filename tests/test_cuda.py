@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from runner.build import build_components, prepare_data
+from runner.train_step import grad_scaler, train_step
 from schemas import validate_recipe
 
 pytestmark = [
@@ -71,20 +72,17 @@ def test_method_iterations_run_on_cuda_in_bf16(variant: str, tiny_gan: Path) -> 
     assert next(classifier.parameters()).device.type == "cuda"
     before = [p.detach().clone() for p in classifier.parameters()]
     bank_before = method.bank.noise.detach().clone() if hasattr(method, "bank") else None
+    scaler = grad_scaler(components)
     for iteration in range(4):
-        images, labels = components.data.labeled_batch(16)
-        assert images.device.type == "cuda"
-        if method.has_meta_phase:
-            metrics = method.meta_phase(iteration, 1)
-            assert torch.isfinite(metrics["meta/loss"]).item()
-        with components.ctx.autocast():
-            loss, _ = method.ssl_loss(iteration, images, labels)
-            logits, _ = classifier(images)
-        assert logits.dtype == torch.bfloat16  # autocast is really on
+        loss, metrics = train_step(components, iteration, scaler)
         assert torch.isfinite(loss).item()
-        components.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        components.optimizer.step()
+        if method.has_meta_phase:
+            assert torch.isfinite(metrics["meta/loss"]).item()
+    images, _ = components.data.labeled_batch(16)
+    assert images.device.type == "cuda"
+    with components.ctx.autocast():
+        logits, _ = classifier(images)
+    assert logits.dtype == torch.bfloat16  # autocast is really on
     assert any(not torch.equal(a, b) for a, b in zip(before, classifier.parameters(), strict=True))
     if bank_before is not None:
         moved = not torch.equal(bank_before, method.bank.noise.detach())

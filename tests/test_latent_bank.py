@@ -8,11 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from method_toys import SourceTinyGenerator, TinyGenerator, ToyData, one_thread, tiny_classifier, toy_context
+from method_toys import SourceTinyGenerator, TinyGenerator, ToyData, one_thread, tiny_classifier, toy_components
 
 from runner.methods.latent_bank import LatentBank, initial_latents
 from runner.methods.metassl import MetaSSL
-from runner.registry import METHODS
 from schemas import UserError
 from schemas.methods import LatentInit
 
@@ -112,8 +111,7 @@ def build_toy_method(seed: int = 0) -> MetaSSL:
         "latents": {"bank_size": 24},
         "meta": {"latent_batch_size": 8, "virtual_lr": 0.5, "gradient": "exact"},
     }
-    ctx = toy_context(config, tiny_classifier(seed=seed), ToyData(), TinyGenerator(), seed=seed)
-    method = METHODS.build(ctx.recipe.method, ctx)
+    method = toy_components(config, tiny_classifier(seed=seed), ToyData(), TinyGenerator(), seed=seed).method
     assert isinstance(method, MetaSSL)
     return method
 

@@ -7,8 +7,7 @@ import copy
 import torch
 
 from runner.methods.metassl import MetaSSL
-from runner.registry import METHODS
-from tests.method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_context
+from tests.method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_components
 
 
 def build(finder: str = "mlp", seed: int = 0) -> MetaSSL:
@@ -17,8 +16,7 @@ def build(finder: str = "mlp", seed: int = 0) -> MetaSSL:
         "latents": {"bank_size": 24},
         "meta": {"latent_batch_size": 8, "virtual_lr": 0.5, "finder": finder, "finder_lr": 0.05},
     }
-    ctx = toy_context(config, tiny_classifier(seed=seed), ToyData(), TinyGenerator(), seed=seed)
-    method = METHODS.build(ctx.recipe.method, ctx)
+    method = toy_components(config, tiny_classifier(seed=seed), ToyData(), TinyGenerator(), seed=seed).method
     assert isinstance(method, MetaSSL)
     return method
 

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_context
+from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_components
 
+from runner.build import Components, assemble
 from runner.data.device_data import DeviceData
 from runner.data.split import make_label_split
 from runner.generators.base import Generator
-from runner.methods.base import Method, TrainContext
 from runner.methods.meta_gradient import MetaProblem, exact_meta_loss, validation_forward
 from runner.methods.metassl import MetaSSL
 from runner.methods.semi_supervised import two_views
 from runner.methods.virtual_step import scope_parameters
 from runner.registry import CLASSIFIERS, DATASETS, METHODS
+from runner.train_step import grad_scaler, train_step
 from schemas import UserError, validate_recipe
 from schemas.data import Digits
 
@@ -32,7 +32,10 @@ def digits() -> tuple[Any, Any, Digits]:
     return splits, make_label_split(splits.train.labels, len(splits.classes), config, seed=0), config
 
 
-def digits_context(digits: tuple[Any, Any, Digits], method: dict[str, Any], seed: int = 0) -> TrainContext:
+def digits_components(
+    digits: tuple[Any, Any, Digits], method: dict[str, Any], seed: int = 0, generator: Generator | None = None
+) -> Components:
+    """The method on digits, assembled as the runner assembles it; generative methods get a TinyGenerator."""
     splits, split, config = digits
     recipe = validate_recipe(
         {
@@ -41,43 +44,28 @@ def digits_context(digits: tuple[Any, Any, Digits], method: dict[str, Any], seed
             "data": config.model_dump(),
             "classifier": {"name": "small_cnn", "width": 8},
             "method": method,
+            "schedule": {"iterations": 100, "warmup": 1, "meta": {"every": 1, "steps": 2}},
+            "optim": {
+                "classifier": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
+                "lr_schedule": {"name": "constant"},
+            },
         }
     )
     torch.manual_seed(seed)
     data = DeviceData(splits, split, recipe.data, torch.device("cpu"))
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size)
-    generator: Generator | None = TinyGenerator(seed=seed) if method["name"] in ("generative", "metassl") else None
-    return TrainContext(
-        recipe=recipe,
-        classifier=classifier,
-        data=data,
-        generator=generator,
-        device=torch.device("cpu"),
-        autocast=nullcontext,
-        current_lr=lambda: 0.05,
-        seed=seed,
-    )
+    if generator is None and method["name"] in ("generative", "metassl"):
+        generator = TinyGenerator(seed=seed)
+    return assemble(recipe, data, split, classifier, generator)
 
 
-def train(method: Method, ctx: TrainContext, iterations: int, warmup: int = 1) -> list[dict[str, Any]]:
-    """The loop's call pattern (runner/loop.py), meta phase every iteration with 2 steps."""
-    optimizer = torch.optim.SGD(ctx.classifier.parameters(), lr=0.05, momentum=0.9)
-    ctx.classifier.train()
+def train(components: Components, iterations: int) -> list[dict[str, Any]]:
+    """The loop's own step: one warm-up iteration, then the meta phase (2 steps) and SSL every iteration."""
+    scaler = grad_scaler(components)
+    components.classifier.train()
     history = []
     for iteration in range(iterations):
-        images, labels = ctx.data.labeled_batch(BATCH)
-        metrics: dict[str, Any] = {}
-        if iteration < warmup:
-            loss, metrics = method.supervised_loss(images, labels)
-        else:
-            if method.has_meta_phase:
-                metrics.update(method.meta_phase(iteration, 2))
-            with ctx.autocast():
-                loss, ssl_metrics = method.ssl_loss(iteration, images, labels)
-            metrics.update(ssl_metrics)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _, metrics = train_step(components, iteration, scaler)
         history.append({key: float(value) for key, value in metrics.items()})
     return history
 
@@ -141,22 +129,22 @@ EXPECTED_METRICS["metassl_fd_last_block"] = EXPECTED_METRICS["metassl_exact"]
 
 @pytest.mark.parametrize("variant", list(METHOD_BLOCKS))
 def test_each_method_trains_on_digits(digits: tuple[Any, Any, Digits], variant: str) -> None:
-    ctx = digits_context(digits, METHOD_BLOCKS[variant])
-    method = METHODS.build(ctx.recipe.method, ctx)
-    before = {name: p.detach().clone() for name, p in ctx.classifier.named_parameters()}
+    components = digits_components(digits, METHOD_BLOCKS[variant])
+    method, classifier = components.method, components.classifier
+    before = {name: p.detach().clone() for name, p in classifier.named_parameters()}
     bank_before = method.bank.noise.detach().clone() if hasattr(method, "bank") else None
-    history = train(method, ctx, iterations=3)
+    history = train(components, iterations=3)
     assert set(history[-1]) == EXPECTED_METRICS[variant]
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in history)
-    assert any(not torch.equal(p, before[name]) for name, p in ctx.classifier.named_parameters())
+    assert any(not torch.equal(p, before[name]) for name, p in classifier.named_parameters())
     if bank_before is not None:
         moved = (method.bank.noise != bank_before).any(dim=1).sum()
         assert (moved > 0) == method.has_meta_phase  # only phase (i) moves latents, never the SSL step
 
 
 def test_meta_phase_leaves_the_classifier_and_batchnorm_statistics_alone(digits: tuple[Any, Any, Digits]) -> None:
-    ctx = digits_context(digits, METHOD_BLOCKS["metassl_exact"])
-    method = METHODS.build(ctx.recipe.method, ctx)
+    components = digits_components(digits, METHOD_BLOCKS["metassl_exact"])
+    method, ctx = components.method, components.ctx
     state = {key: value.clone() for key, value in ctx.classifier.state_dict().items()}
     bank_before = method.bank.noise.detach().clone()
     method.meta_phase(0, 1)
@@ -170,10 +158,9 @@ def test_meta_phase_leaves_the_classifier_and_batchnorm_statistics_alone(digits:
 
 def test_same_seed_same_result_on_cpu(digits: tuple[Any, Any, Digits]) -> None:
     def run(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        ctx = digits_context(digits, METHOD_BLOCKS["metassl_exact"], seed=seed)
-        method = METHODS.build(ctx.recipe.method, ctx)
-        train(method, ctx, iterations=3)
-        return ctx.classifier.state_dict(), method.bank.noise.detach().clone()
+        components = digits_components(digits, METHOD_BLOCKS["metassl_exact"], seed=seed)
+        train(components, iterations=3)
+        return components.classifier.state_dict(), components.method.bank.noise.detach().clone()
 
     first, again, other = run(0), run(0), run(1)
     assert all(torch.equal(value, again[0][key]) for key, value in first[0].items())
@@ -216,8 +203,7 @@ def test_meta_steps_lower_the_validation_loss_after_the_virtual_step(gradient: s
             "gradient": gradient,
         },
     }
-    ctx = toy_context(config, tiny_classifier(), ToyData(), TinyGenerator())
-    method = METHODS.build(ctx.recipe.method, ctx)
+    method = toy_components(config, tiny_classifier(), ToyData(), TinyGenerator()).method
     assert isinstance(method, MetaSSL)
     with one_thread():
         before = toy_val_loss_after(method)
@@ -233,12 +219,11 @@ def test_sample_grids_show_the_bank_moving(digits: tuple[Any, Any, Digits], tmp_
     from schemas.training import Tracking
 
     tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"))
-    metassl_ctx = digits_context(digits, METHOD_BLOCKS["metassl_exact"])
-    metassl = METHODS.build(metassl_ctx.recipe.method, metassl_ctx)
-    fixed_ctx = digits_context(digits, METHOD_BLOCKS["generative_cosine"])
-    fixed = METHODS.build(fixed_ctx.recipe.method, fixed_ctx)
+    metassl_components = digits_components(digits, METHOD_BLOCKS["metassl_exact"])
+    metassl = metassl_components.method
+    fixed = digits_components(digits, METHOD_BLOCKS["generative_cosine"]).method
     with Tracker.open(tracking, run_name="grids") as tracker:
-        train(metassl, metassl_ctx, iterations=2)
+        train(metassl_components, iterations=2)
         metassl.log_artifacts(10, tracker)
         metassl.log_artifacts(20, tracker)
         grids = sorted(p.name for p in (tracker.artifact_dir / "bank").iterdir())
@@ -252,14 +237,13 @@ def test_sample_grids_show_the_bank_moving(digits: tuple[Any, Any, Digits], tmp_
 
 
 def test_user_errors_name_the_field(digits: tuple[Any, Any, Digits]) -> None:
-    ctx = digits_context(digits, {"name": "generative"})
-    ctx.generator = None
+    components = digits_components(digits, {"name": "generative"})
+    components.ctx.generator = None
     with pytest.raises(UserError, match=r"generator\.name: method 'generative' needs a generator"):
-        METHODS.build(ctx.recipe.method, ctx)
+        METHODS.build(components.recipe.method, components.ctx)
     block = {**METHOD_BLOCKS["metassl_exact"], "meta": {"scope": "last_blocks", "scope_blocks": 9}}
-    ctx = digits_context(digits, block)
     with pytest.raises(UserError, match=r"method\.meta\.scope_blocks: 9 exceeds the classifier's 4 feature blocks"):
-        METHODS.build(ctx.recipe.method, ctx)
+        digits_components(digits, block)
 
 
 def test_metassl_with_the_project_generator_and_pseudo_latents(digits: tuple[Any, Any, Digits], tmp_path: Path) -> None:
@@ -273,13 +257,12 @@ def test_metassl_with_the_project_generator_and_pseudo_latents(digits: tuple[Any
     model.save_pretrained(tmp_path / "gan")
     generator = load_local_gan(tmp_path / "gan")
     block = {**METHOD_BLOCKS["metassl_exact"], "latents": {"bank_size": 64, "classes": "pseudo", "temperature": 0.5}}
-    ctx = digits_context(digits, block)
-    ctx.generator = generator
-    method = METHODS.build(ctx.recipe.method, ctx)
-    labeled = ctx.data.labeled_images()
+    components = digits_components(digits, block, generator=generator)
+    method = components.method
+    labeled = components.data.labeled_images()
     expected = generator.source_logits(labeled)[torch.arange(64) % len(labeled)]
     assert torch.allclose(method.bank.condition, expected)
     condition_before = method.bank.condition.detach().clone()
-    history = train(method, ctx, iterations=2)
+    history = train(components, iterations=2)
     assert float(history[-1]["meta/latent_grad_norm"]) > 0
     assert not torch.equal(method.bank.condition, condition_before)  # the class logits are meta-learned too

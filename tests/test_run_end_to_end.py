@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import RECIPES, ROOT, metassl, tracking_overrides
+from tests.helpers import RECIPES, kill_after_first_checkpoint, metassl, tracking_overrides
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
 # Long enough that a SIGKILL lands between the first checkpoint and the end.
@@ -90,24 +86,9 @@ def test_rerunning_the_logged_recipe_gives_the_same_accuracy(finished_run: tuple
 
 def test_killed_run_resumes_to_the_same_final_metrics(finished_run: tuple[Path, str], tmp_path: Path):
     store, uninterrupted = finished_run
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "run", DIGITS, *LONGER, *tracking_overrides(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
-    checkpoints: list[Path] = []
-    while not checkpoints and time.monotonic() < deadline and process.poll() is None:
-        checkpoints = list((tmp_path / "mlruns").rglob("checkpoints/last.pt"))
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoints, "no checkpoint was written before the run ended"
+    checkpoint = kill_after_first_checkpoint(tmp_path, "run", DIGITS, *LONGER, *tracking_overrides(tmp_path))
     client = client_for(tmp_path)
-    killed = checkpoints[0].parents[2].name
+    killed = checkpoint.parents[2].name
     assert client.get_run(killed).info.status == "RUNNING"  # killed mid-run, not finished
 
     # `--resume RECIPE` (with the same overrides) finds the newest unfinished run of that exact recipe.

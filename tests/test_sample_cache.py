@@ -7,12 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_context
+from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_components
 
+from runner.build import Components
 from runner.methods.generative import Generative
 from runner.methods.latent_bank import LatentBank
 from runner.methods.sample_cache import SampleCache
-from runner.registry import METHODS
+from runner.train_step import grad_scaler, train_step
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +67,7 @@ def test_loading_a_checkpoint_marks_every_row_stale() -> None:
     assert cache.last_rendered == len(bank)
 
 
-def toy_method(cache_samples: bool) -> Generative:
+def toy_run(cache_samples: bool) -> Components:
     config = {
         "name": "metassl",
         "unlabeled_batch_size": 12,
@@ -74,10 +75,7 @@ def toy_method(cache_samples: bool) -> Generative:
         "latents": {"bank_size": 16},
         "meta": {"latent_batch_size": 8, "virtual_lr": 0.5},
     }
-    ctx = toy_context(config, tiny_classifier(), ToyData(), TinyGenerator())
-    method = METHODS.build(ctx.recipe.method, ctx)
-    assert isinstance(method, Generative)
-    return method
+    return toy_components(config, tiny_classifier(), ToyData(), TinyGenerator())
 
 
 def test_the_method_trains_the_same_with_and_without_the_cache() -> None:
@@ -85,16 +83,12 @@ def test_the_method_trains_the_same_with_and_without_the_cache() -> None:
     histories = []
     for cache_samples in (True, False):
         torch.manual_seed(0)
-        method = toy_method(cache_samples)
-        optimizer = torch.optim.SGD(method.ctx.classifier.parameters(), lr=0.1)
+        components = toy_run(cache_samples)
+        method, scaler = components.method, grad_scaler(components)
+        assert isinstance(method, Generative)
         losses, generated = [], []
         for iteration in range(6):
-            method.meta_phase(iteration, 1)
-            images, labels = method.ctx.data.labeled_batch(8)
-            loss, metrics = method.ssl_loss(iteration, images, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            loss, metrics = train_step(components, iteration, scaler)
             losses.append(float(loss.detach()))
             generated.append(metrics.get("synthetic/generated"))
         histories.append((losses, method.bank.noise.detach().clone(), generated))

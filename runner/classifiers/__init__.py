@@ -1,1 +1,1 @@
-"""Classifier builders. Each registers itself and returns a `Classifier`."""
+"""Classifier builders, each named by its config class in schemas/classifiers.py; each returns a `Classifier`."""

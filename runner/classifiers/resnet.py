@@ -6,11 +6,9 @@ from torch import nn
 
 from runner.classifiers.base import Classifier
 from runner.classifiers.small_cnn import Normalize
-from runner.registry import CLASSIFIERS
 from schemas.classifiers import ResNet18
 
 
-@CLASSIFIERS.register("resnet18")
 def build_resnet18(config: ResNet18, num_classes: int, in_channels: int, image_size: int) -> Classifier:
     """ResNet-18 (random init); `small_stem` uses a 3x3 stride-1 conv1 and no max-pool, for 32-96 px images."""
     from torchvision.models import resnet18

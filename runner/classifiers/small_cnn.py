@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from runner.classifiers.base import Classifier
-from runner.registry import CLASSIFIERS
 from schemas.classifiers import SmallCNN
 
 
@@ -27,7 +26,6 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Mo
     ]
 
 
-@CLASSIFIERS.register("small_cnn")
 def build_small_cnn(config: SmallCNN, num_classes: int, in_channels: int, image_size: int) -> Classifier:
     """Stages of width w, 2w, 4w, 8w, each halving the resolution (the first only from 24 px up); average pooling."""
     widths = [config.width * 2**i for i in range(4)]

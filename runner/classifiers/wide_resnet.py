@@ -7,7 +7,6 @@ from torch import nn
 
 from runner.classifiers.base import Classifier
 from runner.classifiers.small_cnn import Normalize
-from runner.registry import CLASSIFIERS
 from schemas.classifiers import WideResNet28_2
 from schemas.errors import UserError
 
@@ -71,7 +70,6 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@CLASSIFIERS.register("wide_resnet28_2")
 def build_wide_resnet(config: WideResNet28_2, num_classes: int, in_channels: int, image_size: int) -> Classifier:
     """WRN-depth-k with three groups of (depth - 4) / 6 blocks at widths 16k, 32k, 64k (strides 1, 2, 2)."""
     if (config.depth - 4) % 6 != 0:

@@ -60,10 +60,6 @@ class DeviceData:
     def _store(self, images: ImageSet) -> ImageSet:
         return ImageSet(images.images.to(self.storage), images.labels.to(self.storage))
 
-    @staticmethod
-    def to_float(images: torch.Tensor) -> torch.Tensor:
-        return to_float(images)
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {} if self.labeled_order is None else {"labeled_order": self.labeled_order.get_state()}
 

@@ -14,7 +14,7 @@ Latents = dict[str, torch.Tensor]
 """`{"noise": N x *noise_shape}` plus `{"condition": N x *condition_shape}` when the generator takes one.
 
 For `condition == "class"` the condition holds logits `a` over the generator's own
-classes; the generator applies `softmax(a / temperature)` itself.
+classes; the generator applies `softmax(a)` itself (`class_probabilities`).
 """
 
 
@@ -35,7 +35,6 @@ class Generator(nn.Module, ABC):
     spec: LatentSpec
     native_size: int
     channels: int
-    temperature: float = 1.0
 
     def freeze(self) -> None:
         self.requires_grad_(False)
@@ -78,6 +77,16 @@ class Generator(nn.Module, ABC):
                 raise ValueError(
                     f"latent condition shape {got} does not match the generator's {self.spec.condition_shape}"
                 )
+
+    @staticmethod
+    def class_probabilities(latents: Latents) -> torch.Tensor:
+        """`c = softmax(a)` of the class logits in `latents["condition"]`, in float32."""
+        return torch.softmax(latents["condition"].float(), dim=-1)
+
+    @staticmethod
+    def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], as most pretrained generators produce them, to float32 in [0, 1]."""
+        return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
 
     @abstractmethod
     def generate(self, latents: Latents) -> torch.Tensor:

@@ -14,7 +14,6 @@ import torch
 
 from runner.generators.base import Generator, Latents, LatentSpec
 from runner.generators.loading import offline_error
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import BigGAN
 
@@ -72,12 +71,11 @@ class BigGANGenerator(Generator):
         self.freeze()
 
     def generate(self, latents: Latents) -> torch.Tensor:
-        class_probs = torch.softmax(latents["condition"].float() / self.temperature, dim=-1)
+        class_probs = self.class_probabilities(latents)
         images = self.model(latents["noise"].float(), class_probs, self.truncation)
-        return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return self.to_unit_range(images)
 
 
-@GENERATORS.register("biggan")
 def build_biggan(config: BigGAN, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
     """BigGAN-deep (pytorch-pretrained-biggan), noise plus a soft class vector over ImageNet classes."""
     package = _package()

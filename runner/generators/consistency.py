@@ -14,7 +14,6 @@ from diffusers import CMStochasticIterativeScheduler, UNet2DModel
 from runner.generators.base import Generator, Latents, LatentSpec
 from runner.generators.loading import load_pretrained
 from runner.generators.soft_class import soften
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import Consistency
 
@@ -62,14 +61,13 @@ class ConsistencyGenerator(Generator):
         x = noise.to(self.unet.dtype) * self.sigma
         class_probs = None
         if self.num_classes:
-            class_probs = torch.softmax(latents["condition"].float() / self.temperature, dim=-1)
+            class_probs = self.class_probabilities(latents)
         t = torch.full((len(x),), self.timestep, device=x.device)
         model_output = self.unet(x * self.c_in, t, class_labels=class_probs).sample
         x0 = self.c_skip * x + self.c_out * model_output
-        return (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return self.to_unit_range(x0)
 
 
-@GENERATORS.register("consistency")
 def build_consistency(config: Consistency, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
     """A one-step consistency model (diffusers layout: unet/ and scheduler/)."""
     load = {"local_files_only": config.local_files_only}

@@ -14,7 +14,6 @@ from runner.generators.base import Generator, Latents, LatentSpec
 from runner.generators.consistency import enable_checkpointing, square_size
 from runner.generators.loading import load_pretrained
 from runner.generators.soft_class import soften
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import DiT
 
@@ -66,7 +65,7 @@ class DiTGenerator(Generator):
 
     def generate(self, latents: Latents) -> torch.Tensor:
         x = latents["noise"].to(self.transformer.dtype)
-        class_probs = torch.softmax(latents["condition"].float() / self.temperature, dim=-1)
+        class_probs = self.class_probabilities(latents)
         for i, step in enumerate(self.timesteps):
             previous = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
             alpha = self.alphas_cumprod[step]
@@ -76,10 +75,9 @@ class DiTGenerator(Generator):
             x0 = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
             x = alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * eps
         images = self.vae.decode(x / self.vae.config.scaling_factor).sample
-        return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return self.to_unit_range(images)
 
 
-@GENERATORS.register("dit")
 def build_dit(config: DiT, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
     """DiT (diffusers layout: transformer/, vae/, scheduler/)."""
     load = {"local_files_only": config.local_files_only}

@@ -13,7 +13,6 @@ import torch
 from runner.generators.base import Generator, Latents, LatentSpec, adapt_images
 from runner.generators.loading import load_pretrained
 from runner.generators.local_gan_model import ConditionalGenerator
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import LocalGAN
 from schemas.training import Runtime, Tracking
@@ -54,7 +53,7 @@ class LocalGANGenerator(Generator):
         self.freeze()
 
     def generate(self, latents: Latents) -> torch.Tensor:
-        class_probs = torch.softmax(latents["condition"].float() / self.temperature, dim=-1)
+        class_probs = self.class_probabilities(latents)
         return self.model(latents["noise"].float(), class_probs)
 
     def source_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -71,7 +70,6 @@ def load_local_gan(path: Path, device: torch.device | str = "cpu") -> LocalGANGe
     return LocalGANGenerator(model).to(device)
 
 
-@GENERATORS.register("local_gan")
 def build_local_gan(
     config: LocalGAN,
     *,

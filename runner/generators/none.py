@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.registry import GENERATORS
+from schemas.generators import NoGenerator
 
 
-@GENERATORS.register("none")
-def build_no_generator(config: Any, **_: Any) -> None:
+def build_no_generator(config: NoGenerator, **_: Any) -> None:
     """No generator."""
     return None

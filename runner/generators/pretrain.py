@@ -25,21 +25,14 @@ from runner.generators.discriminator import ProjectionDiscriminator
 from runner.generators.local_gan import PRETRAIN_RECORD, has_checkpoint
 from runner.generators.local_gan_model import ConditionalGenerator
 from runner.generators.source import SourceSet, build_source
+from runner.runtime import select_device
 from schemas.errors import RecipeError, UserError
 from schemas.generators import LocalGAN, Pretrain
 from schemas.pretrain import PretrainRecipe
-from schemas.recipe import read_recipe_document, set_override, validate_recipe
+from schemas.recipe import describe_errors, read_recipe_document, set_override, validate_recipe
 from schemas.training import Runtime, Tracking
 
 GRID_PER_CLUSTER = 8
-
-
-def pick_device(runtime: Runtime) -> torch.device:
-    if runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("runtime.device: 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 @contextmanager
@@ -149,7 +142,7 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
     if config.pretrain is None:
         raise UserError("generator.pretrain: missing; add a pretrain block to say how to train this generator")
     pretrain = config.pretrain
-    device = pick_device(runtime)
+    device = select_device(runtime)
     started = time.perf_counter()
     # Pretraining on first use happens inside a training run, after the run has seeded the global RNGs; forking
     # them keeps that run's random stream the same whether the checkpoint was already cached or not.
@@ -184,15 +177,6 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
     return path
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "recipe"
-        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-        parts.append(f"{where}: {message}")
-    return f"{source}: " + "; ".join(dict.fromkeys(parts))
-
-
 def load_pretrain_recipe(recipe_path: Path, overrides: list[str]) -> PretrainRecipe:
     """A generator recipe, or a full training recipe whose generator is a `local_gan` block."""
     document = read_recipe_document(recipe_path)
@@ -210,7 +194,7 @@ def load_pretrain_recipe(recipe_path: Path, overrides: list[str]) -> PretrainRec
     try:
         return PretrainRecipe.model_validate(document)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, str(recipe_path))) from None
+        raise RecipeError(describe_errors(exc, str(recipe_path))) from None
 
 
 def pretrain_from_file(recipe_path: Path, overrides: list[str], force: bool = False) -> Path:

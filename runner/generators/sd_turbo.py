@@ -12,7 +12,6 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from runner.generators.base import Generator, Latents, LatentSpec
 from runner.generators.consistency import enable_checkpointing
 from runner.generators.loading import load_pretrained
-from runner.registry import GENERATORS
 from schemas.errors import UserError
 from schemas.generators import SDTurbo
 
@@ -75,10 +74,9 @@ class SDTurboGenerator(Generator):
         else:
             x0 = (x - (1 - alpha).sqrt() * out) / alpha.sqrt()
         images = self.vae.decode(x0 / self.vae.config.scaling_factor).sample
-        return (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return self.to_unit_range(images)
 
 
-@GENERATORS.register("sd_turbo")
 def build_sd_turbo(config: SDTurbo, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
     """SD-Turbo-style one-step model (diffusers layout: unet/, vae/, scheduler/, text_encoder/, tokenizer/)."""
     if "{}" not in config.prompt_template:

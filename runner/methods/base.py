@@ -16,18 +16,15 @@ if TYPE_CHECKING:
     from runner.data.device_data import DeviceData
     from runner.generators.base import Generator
     from runner.tracking import Tracker
-    from schemas import Recipe
 
 
 @dataclass
 class TrainContext:
-    """Everything a method may use. The loop owns the classifier's optimizer, scheduler and EMA."""
+    """Everything a method may use besides its own config. The loop owns the optimizer, scheduler and EMA."""
 
-    recipe: Recipe
     classifier: Classifier
     data: DeviceData
     generator: Generator | None
-    device: torch.device
     autocast: Callable[[], AbstractContextManager[Any]]
     current_lr: Callable[[], float]
     seed: int

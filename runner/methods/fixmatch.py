@@ -9,7 +9,6 @@ import torch
 from runner.methods.base import Method, TrainContext
 from runner.methods.losses import make_unsup_loss
 from runner.methods.semi_supervised import ssl_objective, two_views
-from runner.registry import METHODS
 from schemas import UserError
 from schemas.methods import FixMatch as FixMatchConfig
 
@@ -35,7 +34,6 @@ class FixMatch(Method):
         return ssl_objective(self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u)
 
 
-@METHODS.register("fixmatch")
 def build_fixmatch(config: FixMatchConfig, ctx: TrainContext) -> Method:
     """FixMatch with real unlabeled data."""
     return FixMatch(config, ctx)

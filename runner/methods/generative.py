@@ -12,7 +12,6 @@ from runner.methods.latent_bank import LatentBank, initial_latents
 from runner.methods.losses import make_unsup_loss
 from runner.methods.sample_cache import SampleCache
 from runner.methods.semi_supervised import ssl_objective, two_views
-from runner.registry import METHODS
 from schemas import UserError
 from schemas.methods import Generative as GenerativeConfig
 
@@ -45,8 +44,8 @@ class Generative(Method):
     def synthesize(self, latents: Latents) -> torch.Tensor:
         """x~ = G(z, c) at the classifier's image size and channels, with c = softmax(a / tau)."""
         if "condition" in latents and self.generator.spec.condition == "class":
-            # The generator applies softmax(condition / its own temperature); rescale so tau is the recipe's.
-            scale = self.generator.temperature / self.config.latents.temperature
+            # The generator applies softmax to the condition; scaling by 1 / tau makes that softmax(a / tau).
+            scale = 1.0 / self.config.latents.temperature
             latents = {**latents, "condition": latents["condition"] * scale}
         return self.generator(latents, size=self.ctx.data.image_size, channels=self.ctx.data.channels)
 
@@ -98,7 +97,6 @@ class Generative(Method):
         self.bank.load_state_dict(state["bank"])
 
 
-@METHODS.register("generative")
 def build_generative(config: GenerativeConfig, ctx: TrainContext) -> Method:
     """Synthetic unlabeled samples from fixed latents (no phase (i))."""
     return Generative(config, ctx)

@@ -21,7 +21,6 @@ from runner.methods.meta_gradient import (
 from runner.methods.resemblance import make_resemblance
 from runner.methods.semi_supervised import two_views
 from runner.methods.virtual_step import frozen_trunk_depth, scope_parameters, trunk_forward
-from runner.registry import METHODS
 from schemas.methods import MetaSSL as MetaSSLConfig
 
 
@@ -144,7 +143,6 @@ class MetaSSL(Generative):
         return metrics
 
 
-@METHODS.register("metassl")
 def build_metassl(config: MetaSSLConfig, ctx: TrainContext) -> Method:
     """The method: meta-optimized latents (phase i) plus generative SSL (phase ii)."""
     return MetaSSL(config, ctx)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from runner.methods.base import Method, TrainContext
-from runner.registry import METHODS
 from schemas.methods import Supervised
 
 
-@METHODS.register("supervised")
 def build_supervised(config: Supervised, ctx: TrainContext) -> Method:
     """Cross-entropy on the labeled set only."""
     return Method(config, ctx)

@@ -18,32 +18,26 @@ from schemas import UserError
 Params = dict[str, torch.Tensor]
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind a `torch.compile` wrapper."""
-    return getattr(model, "_orig_mod", model)
-
-
 def scope_parameters(classifier: nn.Module, scope: str, blocks: int = 1) -> Params:
     """The parameters the virtual step moves: `all`, or the last `blocks` feature blocks plus the head.
 
     The head is always in scope because it is free: `feature_cosine` gives it no gradient,
     and `fixmatch` as L_u needs it.
     """
-    model = unwrap(classifier)
-    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    named = {name: p for name, p in classifier.named_parameters() if p.requires_grad}
     if scope == "all":
         return named
     if scope != "last_blocks":
         raise ValueError(f"unknown virtual-step scope '{scope}'")
-    if not isinstance(model, Classifier):
+    if not isinstance(classifier, Classifier):
         raise UserError("method.meta.scope: 'last_blocks' needs a Classifier with feature blocks; use 'all'")
-    feature_blocks = model.feature_blocks()
+    feature_blocks = classifier.feature_blocks()
     if blocks > len(feature_blocks):
         raise UserError(
             f"method.meta.scope_blocks: {blocks} exceeds the classifier's {len(feature_blocks)} feature blocks"
         )
     chosen = {id(p) for block in feature_blocks[-blocks:] for p in block.parameters()}
-    chosen |= {id(p) for p in model.head.parameters()}
+    chosen |= {id(p) for p in classifier.head.parameters()}
     return {name: p for name, p in named.items() if id(p) in chosen}
 
 
@@ -54,10 +48,9 @@ def functional_forward(
 
     With `start_block` = k > 0, `images` is what `trunk_forward(classifier, images, k)` returned.
     """
-    model = unwrap(classifier)
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    buffers = {name: b.clone() for name, b in classifier.named_buffers()}
     kwargs = {"start_block": start_block} if start_block else None
-    return functional_call(model, {**params, **buffers}, (images,), kwargs, strict=False)
+    return functional_call(classifier, {**params, **buffers}, (images,), kwargs, strict=False)
 
 
 def frozen_trunk_depth(classifier: nn.Module, scope: Params) -> int:
@@ -66,12 +59,11 @@ def frozen_trunk_depth(classifier: nn.Module, scope: Params) -> int:
     The virtual step never moves them, so every pass of a meta-step (at theta, theta', theta +- eps v) sees
     the same output from them, and it is computed once per input.
     """
-    model = unwrap(classifier)
-    if not isinstance(model, Classifier):
+    if not isinstance(classifier, Classifier):
         return 0
     in_scope = {id(p) for p in scope.values()}
     depth = 0
-    for block in model.feature_blocks():
+    for block in classifier.feature_blocks():
         if any(id(p) in in_scope for p in block.parameters()):
             break
         depth += 1
@@ -82,7 +74,7 @@ def trunk_forward(classifier: nn.Module, images: torch.Tensor, depth: int) -> to
     """The output of the first `depth` feature blocks at the current parameters, on copied buffers."""
     if depth == 0:
         return images
-    trunk = nn.Sequential(*unwrap(classifier).feature_blocks()[:depth])
+    trunk = nn.Sequential(*classifier.feature_blocks()[:depth])
     buffers = {name: b.clone() for name, b in trunk.named_buffers()}
     return functional_call(trunk, buffers, (images,), strict=False)
 

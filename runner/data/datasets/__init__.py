@@ -1,1 +1,1 @@
-"""Dataset adapters. Each module registers its builders with `@DATASETS.register(name)`."""
+"""Dataset adapters. Each `build_<name>` is named by its config class in schemas/data.py."""

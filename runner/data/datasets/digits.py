@@ -7,14 +7,12 @@ import torch
 
 from runner.data.datasets.common import image_set, resize_splits
 from runner.data.types import DatasetSplits
-from runner.registry import DATASETS
 from schemas.data import Digits
 
 # Fixed so the test split is the same for every recipe seed.
 SPLIT_SEED = 0
 
 
-@DATASETS.register("digits")
 def build_digits(config: Digits) -> DatasetSplits:
     """sklearn digits, 8x8 grayscale scaled from 0..16 to 0..255, split stratified by `test_fraction`."""
     from sklearn.datasets import load_digits

@@ -10,7 +10,6 @@ import torch
 
 from runner.data.datasets.common import cache_dir, image_set, missing, resize_splits, user_root
 from runner.data.types import DatasetSplits, ImageSet
-from runner.registry import DATASETS
 from schemas.data import FashionMNIST
 from schemas.errors import UserError
 
@@ -77,7 +76,6 @@ def locate(config: FashionMNIST) -> dict[str, Path]:
     raise missing("Fashion-MNIST", searched, hint="install Debian's dataset-fashion-mnist")
 
 
-@DATASETS.register("fashion_mnist")
 def build_fashion_mnist(config: FashionMNIST) -> DatasetSplits:
     """Fashion-MNIST, 28x28 grayscale, 10 classes; part of the train split is reserved as the generator's source."""
     files = locate(config)

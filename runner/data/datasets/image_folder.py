@@ -9,7 +9,6 @@ import torch
 
 from runner.data.datasets.common import display, image_set, user_root
 from runner.data.types import DatasetSplits, ImageSet
-from runner.registry import DATASETS
 from schemas.data import ImageFolder
 from schemas.errors import UserError
 
@@ -47,7 +46,6 @@ def load_split(folder: Path, classes: list[str], size: int, grayscale: bool) -> 
     return image_set(torch.from_numpy(np.ascontiguousarray(stacked)), labels)
 
 
-@DATASETS.register("image_folder")
 def build_image_folder(config: ImageFolder) -> DatasetSplits:
     """Your own images, one sub-folder per class under train/ and test/, resized to `image_size`."""
     root = user_root(config)

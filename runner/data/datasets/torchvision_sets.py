@@ -11,7 +11,6 @@ import torch
 
 from runner.data.datasets.common import cache_dir, display, image_set, missing, resize_splits, user_root
 from runner.data.types import DatasetSplits, ImageSet
-from runner.registry import DATASETS
 from schemas.data import CIFAR10, CIFAR100, STL10, SVHN, DataBase
 from schemas.errors import UserError
 
@@ -58,7 +57,6 @@ def build_cifar(config: DataBase, name: str, title: str, make: Callable[..., Any
     return resize_splits(splits, config.image_size)
 
 
-@DATASETS.register("cifar10")
 def build_cifar10(config: CIFAR10) -> DatasetSplits:
     """CIFAR-10, 32x32 RGB, 10 classes."""
     from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
@@ -66,7 +64,6 @@ def build_cifar10(config: CIFAR10) -> DatasetSplits:
     return build_cifar(config, "cifar10", "CIFAR-10", TorchvisionCIFAR10)
 
 
-@DATASETS.register("cifar100")
 def build_cifar100(config: CIFAR100) -> DatasetSplits:
     """CIFAR-100, 32x32 RGB, 100 classes."""
     from torchvision.datasets import CIFAR100 as TorchvisionCIFAR100
@@ -74,7 +71,6 @@ def build_cifar100(config: CIFAR100) -> DatasetSplits:
     return build_cifar(config, "cifar100", "CIFAR-100", TorchvisionCIFAR100)
 
 
-@DATASETS.register("svhn")
 def build_svhn(config: SVHN) -> DatasetSplits:
     """SVHN (train and test splits), 32x32 RGB, 10 digit classes."""
     from torchvision.datasets import SVHN as TorchvisionSVHN
@@ -86,7 +82,6 @@ def build_svhn(config: SVHN) -> DatasetSplits:
     return resize_splits(splits, config.image_size)
 
 
-@DATASETS.register("stl10")
 def build_stl10(config: STL10) -> DatasetSplits:
     """STL-10, 96x96 RGB, 10 classes, plus its 100k-image unlabeled split."""
     from torchvision.datasets import STL10 as TorchvisionSTL10

@@ -1,0 +1,92 @@
+"""A `metassl` method run (warm-up, then a meta phase every other iteration) killed and resumed through the real CLI
+and loop ends with exactly the metrics of an uninterrupted run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from runner.checkpoint import load_checkpoint
+from tests.helpers import kill_after_first_checkpoint, metassl, tracking_overrides
+
+pytestmark = pytest.mark.slow
+
+ITERATIONS = 24
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small metassl recipe on digits with a tiny, randomly initialised local_gan saved like the real one."""
+    from runner.generators.local_gan_model import ConditionalGenerator
+
+    folder = tmp_path_factory.mktemp("metassl_resume")
+    torch.manual_seed(0)
+    model = ConditionalGenerator(noise_dim=16, num_classes=4, embed_dim=8, base_channels=16, image_size=8)
+    model.centroids.uniform_()
+    model.save_pretrained(folder / "gan")
+    document = {
+        "name": "metassl_resume",
+        "data": {"name": "digits", "labels_per_class": 4, "batch_size": 16},
+        "generator": {"name": "local_gan", "path": str(folder / "gan")},
+        "classifier": {"name": "small_cnn", "width": 8},
+        "method": {
+            "name": "metassl",
+            "unlabeled_batch_size": 16,
+            "latents": {"bank_size": 32, "classes": "pseudo"},
+            "meta": {"latent_batch_size": 8, "validation_batch_size": 8},
+        },
+        "schedule": {
+            "iterations": ITERATIONS,
+            "warmup": 3,
+            "meta": {"every": 2},
+            "eval_every": 12,
+            "checkpoint_every": 2,
+            "log_every": 2,
+        },
+        "optim": {"ema": {"enabled": True, "decay": 0.9}, "grad_clip": 1.0},
+        "runtime": {"device": "cpu", "threads": 1},
+    }
+    path = folder / "metassl_resume.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def client_for(store: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlruns'}/mlflow.db")
+
+
+def run_id_of(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1].split()[1]
+
+
+def final_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """Every metric's last value, except timings."""
+    metrics = client.get_run(run_id).data.metrics
+    return {key: value for key, value in metrics.items() if not key.startswith("perf/")}
+
+
+def test_killed_metassl_run_resumes_to_the_same_final_metrics(recipe: Path, tmp_path: Path) -> None:
+    reference_store = tmp_path / "reference"
+    uninterrupted = run_id_of(metassl("run", str(recipe), *tracking_overrides(reference_store)))
+    expected = final_metrics(client_for(reference_store), uninterrupted)
+    assert {"meta/loss", "loss/unsup", "final/test_accuracy"} <= expected.keys()  # the meta and SSL phases ran
+
+    store = tmp_path / "killed"
+    checkpoint = kill_after_first_checkpoint(store, "run", str(recipe), *tracking_overrides(store))
+    killed = checkpoint.parents[2].name
+    client = client_for(store)
+    assert client.get_run(killed).info.status == "RUNNING"  # killed mid-run, not finished
+    stopped_at = load_checkpoint(checkpoint)["iteration"]  # type: ignore[index]
+    assert stopped_at < ITERATIONS
+
+    resumed = metassl("run", "--resume", str(recipe), *tracking_overrides(store))
+    assert run_id_of(resumed) == killed
+    assert f"resuming run {killed} at iteration {stopped_at}" in resumed.stderr
+    assert client.get_run(killed).info.status == "FINISHED"
+    assert final_metrics(client, killed) == expected
