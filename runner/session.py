@@ -21,6 +21,7 @@ from runner.checkpoint import checkpoint_path, load_checkpoint
 from runner.evaluate import Evaluation
 from runner.loop import LoopState, console, restore_state, train
 from runner.plots import close, confusion_figure, learning_curves_figure
+from runner.pretraining.pretrain import ensure_generator
 from runner.tracking import RECIPE_ARTIFACT, Tracker, find_run, latest_unfinished_run, local_artifact_dir
 from schemas import Recipe, UserError, recipe_to_dict, validate_recipe
 from schemas.training import Tracking
@@ -107,6 +108,7 @@ def execute(
     """
     started = time.perf_counter()
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
+    ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)
     components = build_components(recipe, prepared)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:

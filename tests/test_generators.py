@@ -188,7 +188,7 @@ def make_biggan(root: Path) -> Generator:
 
 
 def make_local_gan(root: Path) -> Generator:
-    from runner.generators.local_gan_model import ConditionalGenerator
+    from runner.pretraining.model import ConditionalGenerator
 
     torch.manual_seed(0)
     model = ConditionalGenerator(noise_dim=8, num_classes=4, embed_dim=8, base_channels=8, image_size=12)
@@ -311,7 +311,8 @@ def test_missing_weights_offline_is_one_line(config, monkeypatch: pytest.MonkeyP
         build(config)
     assert str(error.value) == (
         f"generator.model: cannot load '{config.model}' offline (not a local directory and not in the Hugging Face"
-        " cache); download it once with network access or point generator.model at a local copy"
+        " cache); allow the download with -o generator.local_files_only=false, or point generator.model at a local"
+        " copy"
     )
 
 

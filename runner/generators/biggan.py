@@ -78,7 +78,7 @@ class BigGANGenerator(Generator):
 
 
 @GENERATORS.register("biggan")
-def build_biggan(config: BigGAN, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
+def build_biggan(config: BigGAN, *, class_names: list[str], device: torch.device) -> Generator:
     """BigGAN-deep (pytorch-pretrained-biggan), noise plus a soft class vector over ImageNet classes."""
     package = _package()
     weights, config_file = resolve_files(config.model, config.local_files_only)

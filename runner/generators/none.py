@@ -8,6 +8,6 @@ from runner.registry import GENERATORS
 
 
 @GENERATORS.register("none")
-def build_no_generator(config: Any, **_: Any) -> None:
+def build_no_generator(config: Any, *, class_names: list[str], device: Any) -> None:
     """No generator."""
     return None
