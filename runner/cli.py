@@ -185,7 +185,11 @@ def ui(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
-    """Open the MLflow UI on this project's store (Ctrl-C stops it)."""
+    """Open the MLflow UI on this project's store (Ctrl-C stops it), in MLflow's model-training view.
+
+    MLflow 3 picks its GenAI or model-training view per browser (the toggle at the top left, or the URL's
+    `workflowType`); the printed link opens the model-training view: runs, metrics, charts, artifacts.
+    """
     command = [
         sys.executable,
         "-m",
@@ -198,7 +202,7 @@ def ui(
         "--port",
         str(port),
     ]
-    typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking_uri})")
+    typer.echo(f"MLflow UI on http://{host}:{port}/#/experiments?workflowType=machine_learning (store {tracking_uri})")
     raise typer.Exit(subprocess.call(command))
 
 
