@@ -26,8 +26,9 @@ def _client(tracking: Tracking) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-# MLflow 3's UI opens an experiment in its model-training view ("Machine learning": runs, metrics, charts) rather
-# than its GenAI view (traces, evaluations) when the experiment carries this tag.
+# MLflow 3's experiment kind "Machine learning": UIs that choose the view from this tag open the model-training view
+# (runs, metrics, charts), not the GenAI one (traces, evaluations). MLflow 3.17 chooses it per browser instead (a
+# toggle, or the URL's workflowType), so `metassl ui` also prints a link to that view.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 
