@@ -136,7 +136,7 @@ def synthetic_data(setup: Setup, seed: int = 0) -> tuple[DatasetSplits, LabelSpl
 def random_local_gan(device: torch.device) -> Generator:
     """The project's generator at its default (pretrain-block) size, randomly initialised."""
     from runner.generators.local_gan import LocalGANGenerator
-    from runner.generators.local_gan_model import ConditionalGenerator
+    from runner.pretraining.model import ConditionalGenerator
     from schemas.generators import Pretrain
 
     defaults = Pretrain()

@@ -70,9 +70,7 @@ def build_components(recipe: Recipe, prepared: PreparedData) -> Components:
     configure(recipe.runtime, recipe.seed, device)
     data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device, seed=recipe.seed)
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size).to(device)
-    generator = GENERATORS.build(
-        recipe.generator, class_names=data.classes, device=device, tracking=recipe.tracking, runtime=recipe.runtime
-    )
+    generator = GENERATORS.build(recipe.generator, class_names=data.classes, device=device)
     check_source_disjoint(recipe, generator)
     return assemble(recipe, data, prepared.label_split, classifier, generator)
 

@@ -64,6 +64,13 @@ def _load(recipe: Path, overrides: list[str] | None) -> Any:
     return load_recipe(recipe, overrides)
 
 
+def _with_store(recipe: Any, tracking_uri: str | None) -> Any:
+    """`--tracking-uri` on a recipe: the same as `-o tracking.tracking_uri=URI` (and logged with the recipe)."""
+    if tracking_uri is None:
+        return recipe
+    return recipe.model_copy(update={"tracking": recipe.tracking.model_copy(update={"tracking_uri": tracking_uri})})
+
+
 @app.command()
 @user_errors
 def run(
@@ -75,7 +82,15 @@ def run(
             help="continue a killed run from its checkpoint: a RUN_ID, or a recipe path (its newest unfinished run)"
         ),
     ] = None,
-    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="the MLflow store: for a RECIPE, replaces its tracking.tracking_uri (artifacts still go to"
+            f" tracking.artifact_root); for --resume RUN_ID, where to find the run [default: {DEFAULT_TRACKING_URI}]",
+            show_default=False,
+        ),
+    ] = None,
     parent_run_id: Annotated[
         str | None, typer.Option("--parent-run-id", hidden=True, help="nest the new run under this run (sweeps)")
     ] = None,
@@ -93,13 +108,13 @@ def run(
         fail("missing RECIPE; e.g. metassl run recipes/digits_tiny.yaml (see metassl run --help)")
     if resume is not None:
         if resume.endswith((".yaml", ".yml")) or Path(resume).exists():
-            result = session.resume_latest(_load(Path(resume), override))
+            result = session.resume_latest(_with_store(_load(Path(resume), override), tracking_uri))
         else:
-            result = session.resume(resume, Tracking(tracking_uri=tracking_uri))
+            result = session.resume(resume, Tracking(tracking_uri=tracking_uri or DEFAULT_TRACKING_URI))
     else:
         extra_tags = dict(item.partition("=")[::2] for item in tag or [])
         result = session.execute(
-            _load(recipe, override),  # type: ignore[arg-type]
+            _with_store(_load(recipe, override), tracking_uri),  # type: ignore[arg-type]
             parent_run_id=parent_run_id,
             extra_tags=extra_tags,
         )
@@ -168,7 +183,11 @@ def ui(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
-    """Open the MLflow UI on this project's store (Ctrl-C stops it)."""
+    """Open the MLflow UI on this project's store (Ctrl-C stops it), in MLflow's model-training view.
+
+    MLflow 3 picks its GenAI or model-training view per browser (the toggle at the top left, or the URL's
+    `workflowType`); the printed link opens the model-training view: runs, metrics, charts, artifacts.
+    """
     command = [
         sys.executable,
         "-m",
@@ -181,7 +200,7 @@ def ui(
         "--port",
         str(port),
     ]
-    typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking_uri})")
+    typer.echo(f"MLflow UI on http://{host}:{port}/#/experiments?workflowType=machine_learning (store {tracking_uri})")
     raise typer.Exit(subprocess.call(command))
 
 
@@ -197,10 +216,15 @@ def runs(
     from schemas.training import Tracking
 
     quiet_libraries()
-    for found in list_runs(Tracking(experiment=experiment, tracking_uri=tracking_uri), limit):
+    found_runs = list_runs(Tracking(experiment=experiment, tracking_uri=tracking_uri), limit)
+    if not found_runs:
+        typer.echo(f"no runs in experiment '{experiment}' of {tracking_uri}")
+        return
+    typer.echo(f"{'RUN ID':<32}  {'STATUS':<9} {'TEST ACC':>8}  NAME")
+    for found in found_runs:
         accuracy = found.data.metrics.get(FINAL_ACCURACY)
         shown = "-" if accuracy is None else f"{accuracy:.4f}"
-        typer.echo(f"{found.info.run_id}  {found.info.status:<9} {shown:>7}  {found.info.run_name}")
+        typer.echo(f"{found.info.run_id:<32}  {found.info.status:<9} {shown:>8}  {found.info.run_name}")
 
 
 @app.command("eval")
@@ -222,17 +246,34 @@ def evaluate_run(
 @app.command()
 @user_errors
 def pretrain(
-    recipe: RecipeArg,
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="a generator recipe, e.g. recipes/generators/fashion_mnist_gan.yaml, or a training recipe"
+            " whose generator is a local_gan block with a pretrain block",
+            show_default=False,
+        ),
+    ],
     override: Overrides = None,
     force: Annotated[bool, typer.Option(help="retrain even if the checkpoint exists")] = False,
 ) -> None:
-    """Train the project's own generator (a `local_gan` block) on its source split and save it."""
-    from runner.generators.pretrain import pretrain_from_file
+    """Train the project's own generator (a `local_gan` block) on its source split and save it.
+
+    [bold]metassl pretrain recipes/generators/fashion_mnist_gan.yaml[/bold]
+    """
+    from runner.pretraining.checkpoint import has_checkpoint
+    from runner.pretraining.pretrain import pretrain_generator
+    from runner.pretraining.recipe import load_pretrain_recipe
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
-    path = pretrain_from_file(recipe, override or [], force=force)
-    typer.echo(f"generator saved to {path}")
+    loaded = load_pretrain_recipe(recipe, override or [])
+    cached = has_checkpoint(loaded.generator.path) and not force
+    path = pretrain_generator(loaded.generator, tracking=loaded.tracking, runtime=loaded.runtime, force=force)
+    if cached:
+        typer.echo(f"generator already at {path}, trained with this pretrain block; --force retrains it")
+    else:
+        typer.echo(f"generator saved to {path}")
 
 
 @app.command()

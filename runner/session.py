@@ -17,6 +17,7 @@ from runner.checkpoint import checkpoint_path, load_checkpoint
 from runner.evaluate import Evaluation
 from runner.loop import LoopState, console, restore_state, train
 from runner.plots import close, confusion_figure, learning_curves_figure
+from runner.pretraining.pretrain import ensure_generator
 from runner.tracking import FINAL_ACCURACY, RECIPE_ARTIFACT, Tracker, latest_unfinished_run, recipe_of_run
 from schemas import Recipe, UserError, recipe_to_dict
 from schemas.training import Tracking
@@ -103,6 +104,7 @@ def execute(
     """
     started = time.perf_counter()
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
+    ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)
     components = build_components(recipe, prepared)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:

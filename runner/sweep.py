@@ -193,6 +193,8 @@ def _log_parent_progress(tracker: Tracker, plan: SweepPlan) -> None:
 
 def run_sweep(plan: SweepPlan, jobs: int = 1) -> list[Child]:
     """Run every child not finished yet; raise SweepFailed at the end if any failed."""
+    from runner.pretraining.pretrain import ensure_generator  # imports torch, which planning a sweep does not need
+
     parent_id, new_tags = _open_parent(plan)
     with Tracker.open(plan.tracking, run_name=plan.name, tags=new_tags, resume_run_id=parent_id) as tracker:
         if parent_id is None:
@@ -224,6 +226,9 @@ def run_sweep(plan: SweepPlan, jobs: int = 1) -> list[Child]:
             console.print(f"[{child.index + 1}/{len(plan.children)}] {child.key}: {shown} ({child.seconds:.1f} s)")
             _log_parent_progress(tracker, plan)
 
+        for child in todo:  # here, once, rather than in every child at the same time
+            recipe = child.recipe
+            ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)  # type: ignore[union-attr]
         with tempfile.TemporaryDirectory(prefix="metassl-sweep-") as tmp:
             Runner(plan, tracker.run_id, jobs, Path(tmp)).run(todo, on_done)
         _log_parent_progress(tracker, plan)

@@ -40,13 +40,23 @@ def _client(tracking: Tracking) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's experiment kind "Machine learning": UIs that choose the view from this tag open the model-training view
+# (runs, metrics, charts), not the GenAI one (traces, evaluations). MLflow 3.17 chooses it per browser instead (a
+# toggle, or the URL's workflowType), so `metassl ui` also prints a link to that view.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _experiment_id(client: Any, tracking: Tracking) -> str:
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG[0] not in experiment.tags:  # made by an older metassl or by hand
+            client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND_TAG)
         return experiment.experiment_id
     location = (Path(tracking.artifact_root) / tracking.experiment).resolve()
     location.mkdir(parents=True, exist_ok=True)
-    return client.create_experiment(tracking.experiment, artifact_location=location.as_uri())
+    return client.create_experiment(
+        tracking.experiment, artifact_location=location.as_uri(), tags=dict([EXPERIMENT_KIND_TAG])
+    )
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

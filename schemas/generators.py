@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from schemas.base import Block
 from schemas.components import Component
@@ -49,7 +49,10 @@ class DiT(PretrainedSource, builder="runner.generators.dit:build_dit"):
 
 
 class SDTurbo(PretrainedSource, builder="runner.generators.sd_turbo:build_sd_turbo"):
-    """One-step text-to-image UNet + VAE; latents are noise plus optimizable prompt embeddings."""
+    """One-step text-to-image UNet + VAE (Stable Diffusion Turbo); needs the sd extra: pip install 'metassl[sd]'.
+
+    Its latents are noise plus optimizable prompt embeddings.
+    """
 
     name: Literal["sd_turbo"] = "sd_turbo"
     model: str = "stabilityai/sd-turbo"
@@ -59,7 +62,7 @@ class SDTurbo(PretrainedSource, builder="runner.generators.sd_turbo:build_sd_tur
 
 
 class BigGAN(GeneratorBase, builder="runner.generators.biggan:build_biggan"):
-    """BigGAN through the optional `pytorch-pretrained-biggan` package (pip install 'metassl[biggan]')."""
+    """BigGAN-deep (pytorch-pretrained-biggan); needs the biggan extra: pip install 'metassl[biggan]'."""
 
     name: Literal["biggan"] = "biggan"
     model: str = Field(
@@ -71,11 +74,20 @@ class BigGAN(GeneratorBase, builder="runner.generators.biggan:build_biggan"):
     )
 
 
+def source_dataset_configs() -> dict[str, type[Block]]:
+    """The registered datasets that reserve a source split for a generator: their block has `source_fraction`."""
+    from schemas.components import COMPONENT_CONFIGS  # imported here: every data block must have registered
+
+    data = COMPONENT_CONFIGS["data"]
+    return {name: model for name, model in data.items() if "source_fraction" in model.model_fields}
+
+
 class Pretrain(Block):
     """How to build the project's own generator when its checkpoint is missing (`metassl pretrain`)."""
 
-    dataset: Literal["fashion_mnist"] = Field(
-        default="fashion_mnist", description="its `source` split (disjoint from the target's train/test) is used"
+    dataset: str = Field(
+        default="fashion_mnist",
+        description="a dataset with a `source` split (disjoint from the target's train/test), e.g. fashion_mnist",
     )
     root: Path | None = Field(default=None, description="dataset directory; default: the adapter's usual places")
     source_fraction: float = Field(
@@ -89,8 +101,18 @@ class Pretrain(Block):
     noise_dim: PositiveInt = 64
     base_channels: PositiveInt = Field(default=32, description="width of G and D")
     grid_every: PositiveInt = Field(default=500, description="log a sample grid every N iterations")
-    threads: PositiveInt | None = Field(default=None, description="torch CPU threads; default: runtime.threads, then 1")
+    # Fixed, not runtime.threads: CPU float sums depend on the thread count, and the generator's weights must
+    # not depend on which path (first use in a run, or `metassl pretrain`) or which machine load trains it.
+    threads: PositiveInt = Field(default=1, description="torch CPU threads while pretraining (part of the recipe)")
     seed: int = 0
+
+    @field_validator("dataset")
+    @classmethod
+    def _has_source_split(cls, name: str) -> str:
+        known = source_dataset_configs()
+        if name not in known:
+            raise ValueError(f"'{name}' has no source split; use one of: {', '.join(sorted(known))}")
+        return name
 
 
 class LocalGAN(GeneratorBase, builder="runner.generators.local_gan:build_local_gan"):

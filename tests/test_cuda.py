@@ -38,7 +38,7 @@ METHODS = {
 
 @pytest.fixture(scope="module")
 def tiny_gan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from runner.generators.local_gan_model import ConditionalGenerator
+    from runner.pretraining.model import ConditionalGenerator
 
     torch.manual_seed(0)
     model = ConditionalGenerator(noise_dim=16, num_classes=4, embed_dim=8, base_channels=16, image_size=8)

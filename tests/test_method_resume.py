@@ -22,7 +22,7 @@ ITERATIONS = 24
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small metassl recipe on digits with a tiny, randomly initialised local_gan saved like the real one."""
-    from runner.generators.local_gan_model import ConditionalGenerator
+    from runner.pretraining.model import ConditionalGenerator
 
     folder = tmp_path_factory.mktemp("metassl_resume")
     torch.manual_seed(0)

@@ -249,7 +249,7 @@ def test_user_errors_name_the_field(digits: tuple[Any, Any, Digits]) -> None:
 def test_metassl_with_the_project_generator_and_pseudo_latents(digits: tuple[Any, Any, Digits], tmp_path: Path) -> None:
     """A tiny, randomly initialised local_gan saved and loaded like the real one; pseudo latents from its clusters."""
     from runner.generators.local_gan import load_local_gan
-    from runner.generators.local_gan_model import ConditionalGenerator
+    from runner.pretraining.model import ConditionalGenerator
 
     torch.manual_seed(0)
     model = ConditionalGenerator(noise_dim=8, num_classes=4, embed_dim=4, base_channels=8, image_size=8)

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 
-from runner.generators import pretrain as pretrain_module
 from runner.generators.local_gan import LocalGANGenerator, load_local_gan
-from runner.generators.pretrain import load_pretrain_recipe, pretrain_from_file, pretrain_generator
+from runner.pretraining import pretrain as pretrain_module
+from runner.pretraining.pretrain import ensure_generator, pretrain_generator
+from runner.pretraining.recipe import load_pretrain_recipe, pretrain_from_file
 from runner.registry import DATASETS, GENERATORS
 from schemas import RecipeError, UserError
 from schemas.data import FashionMNIST
-from schemas.generators import LocalGAN, Pretrain
+from schemas.generators import Consistency, LocalGAN, Pretrain
 from schemas.training import Runtime, Tracking
+from tests.helpers import ROOT, metassl
 
-RECIPE = Path(__file__).parents[1] / "recipes" / "generators" / "fashion_mnist_gan.yaml"
+RECIPE = ROOT / "recipes" / "generators" / "fashion_mnist_gan.yaml"
 TINY = {"iterations": 3, "batch_size": 8, "grid_every": 2, "base_channels": 8, "noise_dim": 8, "clusters": 4}
 
 
@@ -88,18 +94,43 @@ def test_second_call_uses_the_cache(trained: tuple[LocalGAN, Tracking], monkeypa
     assert (config.path / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
 
 
-def test_builder_pretrains_on_first_use(fashion_mnist: None, tmp_path: Path) -> None:
+def test_ensure_generator_pretrains_on_first_use(fashion_mnist: None, tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "first_use")
     torch.manual_seed(1234)
     rng_before = torch.get_rng_state()
-    generator = GENERATORS.build(
-        config, class_names=[], device=torch.device("cpu"), tracking=tracking(tmp_path / "mlruns")
-    )
-    assert isinstance(generator, LocalGANGenerator)
-    assert (tmp_path / "first_use" / "config.json").is_file()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ensure_generator(config, tracking=tracking(tmp_path / "mlruns"), runtime=Runtime(device="cpu", threads=2))
+        # The pretraining step runs on the recipe's own thread count and gives the run its thread count back.
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads_before)
+    assert isinstance(GENERATORS.build(config, class_names=[], device=torch.device("cpu")), LocalGANGenerator)
+    assert json.loads((tmp_path / "first_use" / "pretrain.json").read_text())["threads"] == 1
     # The run that pretrained on first use continues with the random stream it would have had with a cached
     # checkpoint, so a cold run and a warm run of the same recipe give the same result.
     assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_ensure_generator_leaves_other_generators_alone(tmp_path: Path) -> None:
+    ensure_generator(Consistency(), tracking=tracking(tmp_path), runtime=Runtime())
+    ensure_generator(LocalGAN(path=tmp_path / "none"), tracking=tracking(tmp_path), runtime=Runtime())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_builders_only_build() -> None:
+    """No generator builder takes tracking or runtime (pretraining is the session's step, not a builder's)."""
+    for name in GENERATORS.names():
+        parameters = inspect.signature(GENERATORS.get(name)).parameters
+        assert {"tracking", "runtime"}.isdisjoint(parameters), name
+        assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters.values()), name
+
+
+def test_pretraining_does_not_import_the_generator_adapters() -> None:
+    """runner.pretraining is below runner.generators: no import circle between the two."""
+    for module in (ROOT / "runner" / "pretraining").glob("*.py"):
+        assert "runner.generators" not in module.read_text(), module.name
 
 
 def test_force_retrains_in_place(fashion_mnist: None, tmp_path: Path) -> None:
@@ -153,9 +184,62 @@ def test_missing_pretrain_block(tmp_path: Path) -> None:
 
 
 def test_cached_checkpoint_trained_differently_is_refused(trained: tuple[LocalGAN, Tracking]) -> None:
-    config, _ = trained
-    same = GENERATORS.build(config, class_names=[], device=torch.device("cpu"))
-    assert isinstance(same, LocalGANGenerator)
-    different = config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"iterations": 999})})
-    with pytest.raises(UserError, match=r"generator\.pretrain: .*iterations=.*\(recipe: 999\)"):
-        GENERATORS.build(different, class_names=[], device=torch.device("cpu"))
+    config, track = trained
+    ensure_generator(config, tracking=track, runtime=Runtime(device="cpu"))
+    for change in ({"iterations": 999}, {"threads": 2}):
+        different = config.model_copy(update={"pretrain": config.pretrain.model_copy(update=change)})
+        (field, value), *_ = change.items()
+        with pytest.raises(UserError, match=rf"generator\.pretrain: .*{field}=.*\(recipe: {value}\)"):
+            ensure_generator(different, tracking=track, runtime=Runtime(device="cpu"))
+
+
+def test_source_dataset_comes_from_the_registered_datasets() -> None:
+    assert Pretrain(dataset="fashion_mnist").dataset == "fashion_mnist"
+    with pytest.raises(ValidationError, match="'digits' has no source split; use one of: fashion_mnist"):
+        Pretrain(dataset="digits")
+
+
+def tiny_documents(gan: Path, store: Path) -> tuple[dict, dict]:
+    """A generator recipe and a training recipe with the same tiny pretrain block; the run uses 2 threads."""
+    generator = {"name": "local_gan", "path": str(gan), "pretrain": {**TINY, "source_fraction": 0.05}}
+    store_block = {"tracking_uri": f"sqlite:///{store}/mlflow.db", "artifact_root": str(store)}
+    gan_recipe = {"name": "tiny_gan", "generator": generator, "tracking": store_block, "runtime": {"device": "cpu"}}
+    run_recipe = {
+        "name": "tiny_run",
+        "data": {"name": "fashion_mnist", "source_fraction": 0.05, "labels_per_class": 1, "batch_size": 8},
+        "generator": generator,
+        "classifier": {"name": "small_cnn", "width": 8},
+        "method": {"name": "generative", "unlabeled_batch_size": 8, "latents": {"bank_size": 16}},
+        "schedule": {"iterations": 2, "eval_every": 2, "checkpoint_every": 2, "log_every": 1},
+        "tracking": store_block,
+        "runtime": {"device": "cpu", "threads": 2},
+    }
+    return gan_recipe, run_recipe
+
+
+@pytest.mark.slow
+def test_one_recipe_gives_one_generator_whichever_path_trains_it(fashion_mnist: None, tmp_path: Path) -> None:
+    """`metassl pretrain` and first use inside `metassl run` (2 run threads) give bit-identical weights."""
+    gan_recipe, _ = tiny_documents(tmp_path / "pretrained", tmp_path / "mlruns")
+    _, run_recipe = tiny_documents(tmp_path / "first_use", tmp_path / "mlruns")
+    (tmp_path / "gan.yaml").write_text(yaml.safe_dump(gan_recipe))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run_recipe))
+
+    pretrained = metassl("pretrain", str(tmp_path / "gan.yaml"))
+    assert pretrained.returncode == 0, pretrained.stderr
+    assert "generator saved to" in pretrained.stdout
+    first_use = metassl("run", str(tmp_path / "run.yaml"))
+    assert first_use.returncode == 0, first_use.stderr
+
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "pretrained" / weights).read_bytes() == (tmp_path / "first_use" / weights).read_bytes()
+    # Piped output shows the pretraining stage: a start line, then iterations with losses and an ETA.
+    for result in (pretrained, first_use):
+        assert re.search(
+            r"^pretrain 3/3  loss_d [0-9.]+  loss_g -?[0-9.]+  elapsed \S+  ETA 0:00:00$", result.stderr, re.M
+        )
+    assert "no generator at" in first_use.stderr
+    assert first_use.stderr.index("pretrain 3/3") < first_use.stderr.index("test accuracy")
+
+    again = metassl("pretrain", str(tmp_path / "gan.yaml"))
+    assert again.returncode == 0 and "already at" in again.stdout, again.stderr

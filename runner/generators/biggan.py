@@ -76,7 +76,7 @@ class BigGANGenerator(Generator):
         return self.to_unit_range(images)
 
 
-def build_biggan(config: BigGAN, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
+def build_biggan(config: BigGAN, *, class_names: list[str], device: torch.device) -> Generator:
     """BigGAN-deep (pytorch-pretrained-biggan), noise plus a soft class vector over ImageNet classes."""
     package = _package()
     weights, config_file = resolve_files(config.model, config.local_files_only)

@@ -68,7 +68,7 @@ class ConsistencyGenerator(Generator):
         return self.to_unit_range(x0)
 
 
-def build_consistency(config: Consistency, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
+def build_consistency(config: Consistency, *, class_names: list[str], device: torch.device) -> Generator:
     """A one-step consistency model (diffusers layout: unet/ and scheduler/)."""
     load = {"local_files_only": config.local_files_only}
     unet = load_pretrained(UNet2DModel, config.model, subfolder="unet", **load)

@@ -78,7 +78,7 @@ class DiTGenerator(Generator):
         return self.to_unit_range(images)
 
 
-def build_dit(config: DiT, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
+def build_dit(config: DiT, *, class_names: list[str], device: torch.device) -> Generator:
     """DiT (diffusers layout: transformer/, vae/, scheduler/)."""
     load = {"local_files_only": config.local_files_only}
     transformer = load_pretrained(DiTTransformer2DModel, config.model, subfolder="transformer", **load)

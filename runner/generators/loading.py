@@ -13,7 +13,7 @@ T = TypeVar("T")
 def offline_error(model: str, field: str = "generator.model") -> UserError:
     return UserError(
         f"{field}: cannot load '{model}' offline (not a local directory and not in the Hugging Face cache);"
-        f" download it once with network access or point {field} at a local copy"
+        f" allow the download with -o generator.local_files_only=false, or point {field} at a local copy"
     )
 
 

@@ -7,6 +7,6 @@ from typing import Any
 from schemas.generators import NoGenerator
 
 
-def build_no_generator(config: NoGenerator, **_: Any) -> None:
+def build_no_generator(config: NoGenerator, *, class_names: list[str], device: Any) -> None:
     """No generator."""
     return None

@@ -77,7 +77,7 @@ class SDTurboGenerator(Generator):
         return self.to_unit_range(images)
 
 
-def build_sd_turbo(config: SDTurbo, *, class_names: list[str], device: torch.device, **_: object) -> Generator:
+def build_sd_turbo(config: SDTurbo, *, class_names: list[str], device: torch.device) -> Generator:
     """SD-Turbo-style one-step model (diffusers layout: unet/, vae/, scheduler/, text_encoder/, tokenizer/)."""
     if "{}" not in config.prompt_template:
         raise UserError(f"generator.prompt_template: '{config.prompt_template}' has no '{{}}' for the class name")

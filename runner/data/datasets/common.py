@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +37,24 @@ def user_root(config: DataBase) -> Path | None:
     root = Path(config.root).expanduser()
     if not root.is_dir():
         if config.download and not root.exists():
-            root.mkdir(parents=True)
-            return root
+            return root  # created by `download_folder` for the download
         raise UserError(f"data.root: {display(root)} is not a directory; fix the path or remove data.root")
     return root
+
+
+@contextmanager
+def download_folder(root: Path, download: bool) -> Iterator[None]:
+    """Create `root` for a download, and remove it again if the download fails, so a failed download leaves no
+    empty or half-filled cache folder behind (a folder that already existed is left as it was)."""
+    created = download and not root.exists()
+    if created:
+        root.mkdir(parents=True)
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
 def missing(dataset: str, searched: Sequence[Path], hint: str = "") -> UserError:

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner.data.datasets.common import cache_dir, image_set, missing, resize_splits, user_root
+from runner.data.datasets.common import (
+    cache_dir,
+    display,
+    download_folder,
+    image_set,
+    missing,
+    resize_splits,
+    user_root,
+)
 from runner.data.types import DatasetSplits, ImageSet
 from schemas.data import FashionMNIST
 from schemas.errors import UserError
@@ -68,8 +76,14 @@ def locate(config: FashionMNIST) -> dict[str, Path]:
         from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
 
         target = searched[-1]
-        for train in (True, False):
-            TorchvisionFashionMNIST(str(target), train=train, download=True)
+        try:
+            with download_folder(target, True):
+                for train in (True, False):
+                    TorchvisionFashionMNIST(str(target), train=train, download=True)
+        except (RuntimeError, OSError) as exc:  # network failures surface as URLError (an OSError)
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = display(target)
+            raise UserError(f"data.download: could not download Fashion-MNIST into {where}: {message}") from None
         files = find_files(target)
         if files is not None:
             return files

@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.data.datasets.common import cache_dir, display, image_set, missing, resize_splits, user_root
+from runner.data.datasets.common import (
+    cache_dir,
+    display,
+    download_folder,
+    image_set,
+    missing,
+    resize_splits,
+    user_root,
+)
 from runner.data.types import DatasetSplits, ImageSet
 from schemas.data import CIFAR10, CIFAR100, STL10, SVHN, DataBase
 from schemas.errors import UserError
@@ -17,12 +25,7 @@ from schemas.errors import UserError
 
 def resolve_root(config: DataBase, name: str) -> Path:
     root = user_root(config)
-    if root is not None:
-        return root
-    default = cache_dir(name)
-    if config.download:
-        default.mkdir(parents=True, exist_ok=True)
-    return default
+    return root if root is not None else cache_dir(name)
 
 
 def open_split(title: str, root: Path, download: bool, make: Callable[..., Any], **kwargs: Any) -> Any:
@@ -51,8 +54,9 @@ def nchw_set(dataset: Any) -> ImageSet:
 
 def build_cifar(config: DataBase, name: str, title: str, make: Callable[..., Any]) -> DatasetSplits:
     root = resolve_root(config, name)
-    train = open_split(title, root, config.download, make, train=True)
-    test = open_split(title, root, config.download, make, train=False)
+    with download_folder(root, config.download):
+        train = open_split(title, root, config.download, make, train=True)
+        test = open_split(title, root, config.download, make, train=False)
     splits = DatasetSplits(train=nhwc_set(train), test=nhwc_set(test), classes=list(train.classes))
     return resize_splits(splits, config.image_size)
 
@@ -76,8 +80,9 @@ def build_svhn(config: SVHN) -> DatasetSplits:
     from torchvision.datasets import SVHN as TorchvisionSVHN
 
     root = resolve_root(config, "svhn")
-    train = open_split("SVHN", root, config.download, TorchvisionSVHN, split="train")
-    test = open_split("SVHN", root, config.download, TorchvisionSVHN, split="test")
+    with download_folder(root, config.download):
+        train = open_split("SVHN", root, config.download, TorchvisionSVHN, split="train")
+        test = open_split("SVHN", root, config.download, TorchvisionSVHN, split="test")
     splits = DatasetSplits(train=nchw_set(train), test=nchw_set(test), classes=[str(d) for d in range(10)])
     return resize_splits(splits, config.image_size)
 
@@ -87,9 +92,10 @@ def build_stl10(config: STL10) -> DatasetSplits:
     from torchvision.datasets import STL10 as TorchvisionSTL10
 
     root = resolve_root(config, "stl10")
-    train = open_split("STL-10", root, config.download, TorchvisionSTL10, split="train")
-    test = open_split("STL-10", root, config.download, TorchvisionSTL10, split="test")
-    unlabeled = open_split("STL-10", root, config.download, TorchvisionSTL10, split="unlabeled")
+    with download_folder(root, config.download):
+        train = open_split("STL-10", root, config.download, TorchvisionSTL10, split="train")
+        test = open_split("STL-10", root, config.download, TorchvisionSTL10, split="test")
+        unlabeled = open_split("STL-10", root, config.download, TorchvisionSTL10, split="unlabeled")
     unlabeled_images = torch.from_numpy(np.ascontiguousarray(unlabeled.data))
     splits = DatasetSplits(
         train=nchw_set(train),

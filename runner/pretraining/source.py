@@ -10,9 +10,8 @@ import numpy as np
 import torch
 
 from runner.registry import DATASETS
-from schemas.data import FashionMNIST
 from schemas.errors import UserError
-from schemas.generators import Pretrain
+from schemas.generators import Pretrain, source_dataset_configs
 
 
 @dataclass
@@ -26,7 +25,7 @@ class SourceSet:
 
 def load_source(pretrain: Pretrain) -> tuple[torch.Tensor, dict[str, Any]]:
     """The dataset adapter's `source` split (disjoint from its train and test splits) as uint8 NCHW."""
-    config = FashionMNIST(root=pretrain.root, source_fraction=pretrain.source_fraction)
+    config = source_dataset_configs()[pretrain.dataset](root=pretrain.root, source_fraction=pretrain.source_fraction)
     splits = DATASETS.build(config)
     if splits.source is None:
         raise UserError(f"generator.pretrain.dataset: '{pretrain.dataset}' has no source split")
