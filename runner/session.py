@@ -8,6 +8,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -17,11 +18,11 @@ import yaml
 
 from runner import environment
 from runner.build import Components, build_components, prepare_data
-from runner.checkpoint import checkpoint_path, load_checkpoint
+from runner.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
 from runner.evaluate import Evaluation
 from runner.loop import LoopState, console, restore_state, train
 from runner.plots import close, confusion_figure, learning_curves_figure
-from runner.tracking import RECIPE_ARTIFACT, Tracker, find_run, latest_unfinished_run, local_artifact_dir
+from runner.tracking import RECIPE_ARTIFACT, Tracker, check_store, download_artifact, find_run, latest_unfinished_run
 from schemas import Recipe, UserError, recipe_to_dict, validate_recipe
 from schemas.training import Tracking
 
@@ -100,34 +101,42 @@ def execute(
     resume_run_id: str | None = None,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> RunResult:
     """Train `recipe` in a new MLflow run, or continue `resume_run_id` from its last checkpoint.
 
-    `parent_run_id` nests the new run under a parent (a sweep); `extra_tags` are added to its tags.
+    `parent_run_id` nests the new run under a parent (a sweep); `extra_tags` are added to its tags;
+    `on_validation(iteration, val_accuracy)` is called at each evaluation (tuning prunes through it).
     """
     started = time.perf_counter()
+    check_store(recipe.tracking)  # a dead tracking server fails now, not after loading the data
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
     components = build_components(recipe, prepared)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        with Tracker.open(
-            recipe.tracking,
-            run_name=recipe.tracking.run_name or recipe.name,
-            tags={**run_tags(recipe), **(extra_tags or {})},
-            resume_run_id=resume_run_id,
-            parent_run_id=parent_run_id,
-        ) as tracker:
-            checkpoint_file = checkpoint_path(tracker.artifact_dir)
+        with (
+            tempfile.TemporaryDirectory(prefix="metassl-run-") as scratch,
+            Tracker.open(
+                recipe.tracking,
+                run_name=recipe.tracking.run_name or recipe.name,
+                tags={**run_tags(recipe), **(extra_tags or {})},
+                resume_run_id=resume_run_id,
+                parent_run_id=parent_run_id,
+            ) as tracker,
+        ):
+            # The checkpoint is written here, then logged to the run's artifact store (local or a server).
+            checkpoint_file = checkpoint_path(Path(scratch))
             state = LoopState()
             if resume_run_id is None:
                 _log_run_inputs(tracker, components)
             else:
-                checkpoint = load_checkpoint(checkpoint_file)
+                downloaded = tracker.download(f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", Path(scratch))
+                checkpoint = None if downloaded is None else load_checkpoint(downloaded)
                 if checkpoint is not None:
                     state = restore_state(components, checkpoint)
                 console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
             console.print(f"run {tracker.run_id}: {recipe.name} on {components.device}")
-            evaluation = train(components, tracker, checkpoint_file, state)
+            evaluation = train(components, tracker, checkpoint_file, state, on_validation)
             _log_run_outputs(tracker, components, evaluation, state)
             run_id = tracker.run_id
     finally:
@@ -139,18 +148,23 @@ def execute(
 class LoggedRun:
     recipe: Recipe
     run: Any
-    artifact_dir: Path
+    client: Any
+
+    def download(self, artifact_file: str, folder: Path) -> Path | None:
+        """Fetch one of the run's artifacts into `folder` through MLflow; None if it has none."""
+        return download_artifact(self.client, self.run.info.run_id, artifact_file, folder)
 
 
 def recipe_of_run(run_id: str, tracking: Tracking) -> LoggedRun:
-    """The resolved recipe logged with a run, the run itself, and its artifact folder."""
+    """The resolved recipe logged with a run, the run itself, and a client to fetch its artifacts."""
     client, run = find_run(tracking, run_id)
-    artifact_dir = local_artifact_dir(client, run_id)
-    path = artifact_dir / RECIPE_ARTIFACT
-    if not path.exists():
-        raise UserError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact; it was not started by metassl run")
-    recipe = validate_recipe(yaml.safe_load(path.read_text()), f"run {run_id} {RECIPE_ARTIFACT}")
-    return LoggedRun(recipe, run, artifact_dir)
+    with tempfile.TemporaryDirectory(prefix="metassl-recipe-") as tmp:
+        path = download_artifact(client, run_id, RECIPE_ARTIFACT, Path(tmp))
+        if path is None:
+            raise UserError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact; it was not started by metassl run")
+        text = path.read_text()
+    recipe = validate_recipe(yaml.safe_load(text), f"run {run_id} {RECIPE_ARTIFACT}")
+    return LoggedRun(recipe, run, client)
 
 
 def resume(run_id: str, tracking: Tracking) -> RunResult:
