@@ -298,6 +298,20 @@ def experiment_runs(tracking: Tracking) -> list[Any]:
     return _search(tracking, "", ["attributes.start_time DESC"])
 
 
+def create_run(tracking: Tracking, run_name: str, tags: Mapping[str, str]) -> str:
+    """A new run left RUNNING (a candidate parent that several workers race to create; see runner/claims.py)."""
+    client = _client(tracking)
+    return client.create_run(_experiment_id(client, tracking), tags=dict(tags), run_name=run_name).info.run_id
+
+
+def delete_run(tracking: Tracking, run_id: str) -> None:
+    _client(tracking).delete_run(run_id)
+
+
+def set_status(tracking: Tracking, run_id: str, status: str) -> None:
+    _client(tracking).set_terminated(run_id, status=status)
+
+
 def mark_failed(tracking: Tracking, run_id: str) -> None:
     """End a run left RUNNING by a process that died without cleaning up (SIGKILL, out of memory)."""
     _client(tracking).set_terminated(run_id, status="FAILED")
