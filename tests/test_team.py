@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from runner.claims import claim, holder, release, sqlite_url
 from runner.search_space import load_space
 from runner.tune import plan_tune
 from schemas import UserError
@@ -70,6 +71,16 @@ def test_an_unreachable_server_is_one_line_within_seconds(tmp_path: Path):
     assert len(result.stderr.strip().splitlines()) == 1
     listing = metassl("runs", "--tracking-uri", f"http://127.0.0.1:{free_port()}")
     assert listing.returncode == 2 and "does not answer" in listing.stderr
+
+
+def test_a_claim_has_one_owner_until_given_back(tmp_path: Path):
+    url = sqlite_url(tmp_path / "claims.db")
+    assert claim(url, "sweep/x/seed=0", "worker-a") == "worker-a"
+    assert claim(url, "sweep/x/seed=0", "worker-b") == "worker-a"
+    release(url, "sweep/x/seed=0", "worker-b")  # only the owner can give it back
+    assert holder(url, "sweep/x/seed=0") == "worker-a"
+    release(url, "sweep/x/seed=0", "worker-a")
+    assert claim(url, "sweep/x/seed=0", "worker-b") == "worker-b"
 
 
 @pytest.mark.parametrize(
