@@ -56,6 +56,7 @@ def history_figure(study: Any, title: str) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from optuna.trial import TrialState
 
     fig, axes = plt.subplots(figsize=(6.0, 3.6))
@@ -71,6 +72,7 @@ def history_figure(study: Any, title: str) -> Any:
             xs.append(trial.number)
             ys.append(best)
     axes.step(xs, ys, where="post", color="black", label="best so far")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("trial")
     axes.set_ylabel(OBJECTIVE)
     axes.set_title(title, fontsize=10)
