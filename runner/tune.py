@@ -205,7 +205,8 @@ def progress_line(study: Any, total: int) -> str:
     remaining = max(0, total - len(done))
     eta = "-"
     if durations and remaining:
-        seconds = remaining * sum(durations) / len(durations) / max(1, running)
+        workers = running + 1 if remaining > running else max(1, running)  # this worker goes on to the next
+        seconds = remaining * sum(durations) / len(durations) / workers
         eta = f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
     elif not remaining:
         eta = "0s"
