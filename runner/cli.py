@@ -187,7 +187,18 @@ def ui(
 
     MLflow 3 picks its GenAI or model-training view per browser (the toggle at the top left, or the URL's
     `workflowType`); the printed link opens the model-training view: runs, metrics, charts, artifacts.
+    For a tracking server (http://...), it points at the server's own UI instead.
     """
+    from runner.tracking import check_store, is_server
+    from schemas.training import Tracking
+
+    if is_server(tracking_uri):
+        check_store(Tracking(tracking_uri=tracking_uri))
+        typer.echo(
+            f"{tracking_uri} is an MLflow server: its UI is at {tracking_uri.rstrip('/')}"
+            "/#/experiments?workflowType=machine_learning"
+        )
+        return
     command = [
         sys.executable,
         "-m",
@@ -292,6 +303,13 @@ def sweep(
         ),
     ] = 1,
     name: Annotated[str | None, typer.Option("--name", help="the parent run's name")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="a database shared by several sweep workers (postgresql://user:pw@host/db): each grid point "
+            "runs once, on whichever worker claims it first"
+        ),
+    ] = None,
 ) -> None:
     """Run the cross product of --grid values as child runs under one parent run; re-running skips finished ones.
 
@@ -304,7 +322,7 @@ def sweep(
     quiet_libraries()
     plan = plan_sweep(recipe, grid or [], override or [], name)
     try:
-        run_sweep(plan, jobs)
+        run_sweep(plan, jobs, storage)
     except SweepFailed as exc:
         typer.echo(f"sweep failed: {exc}", err=True)
         raise typer.Exit(code=1) from None
@@ -328,13 +346,63 @@ def report(
         ),
     ] = None,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    storage: Annotated[
+        str | None, typer.Option(help="a study's Optuna database, if not the one logged with it (a password)")
+    ] = None,
 ) -> None:
-    """Mean ± std over seeds per method and label budget, as Markdown, CSV and a plot (logged to the parent run)."""
-    from runner.report import make_report
+    """Mean ± std over seeds per method and label budget, as Markdown, CSV and a plot (logged to the parent run).
+
+    Given a `metassl tune` parent run: the best trials, parameter importances and the optimization history.
+    """
+    from runner.report import RUN_ID, make_report
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
+    if RUN_ID.match(source):
+        from runner.tracking import tracking_of_run
+        from runner.tune_report import is_study_parent, study_report
+
+        tracking, run = tracking_of_run(tracking_uri, source)
+        if is_study_parent(run):
+            typer.echo(study_report(run, tracking, storage, output), nl=False)
+            return
     typer.echo(make_report(source, tracking_uri, metric, output, reference))
+
+
+@app.command()
+@user_errors
+def tune(
+    recipe: RecipeArg,
+    space: Annotated[
+        Path,
+        typer.Option("--space", help="the search space YAML, e.g. recipes/spaces/digits_tiny.yaml", show_default=False),
+    ],
+    override: Overrides = None,
+    trials: Annotated[int, typer.Option(min=1, help="trials in the study, over all its workers")] = 20,
+    name: Annotated[
+        str | None, typer.Option("--name", help="study name; default: the recipe name and a hash of recipe + space")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna database; default sqlite next to the tracking store. Several machines: postgresql://..."
+        ),
+    ] = None,
+    objective: Annotated[str, typer.Option(help="the metric to maximise (the holdout split's)")] = "val/accuracy",
+) -> None:
+    """Tune a recipe with Optuna: each trial a child MLflow run; re-run the same command to continue the study.
+
+    [bold]metassl tune recipes/digits_tiny.yaml --space recipes/spaces/digits_tiny.yaml --trials 8[/bold]
+
+    Start the same command on several machines with one --storage postgresql://... to share the study.
+    """
+    from runner.tracking import quiet_libraries
+    from runner.tune import parent_of, plan_tune, run_tune, summary
+
+    quiet_libraries()
+    plan = plan_tune(recipe, space, override or [], name, storage, trials, objective)
+    study = run_tune(plan)
+    typer.echo(summary(plan, study, parent_of(plan)))
 
 
 def main() -> None:

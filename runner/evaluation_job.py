@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from safetensors.torch import load_file
 
 from runner.build import prepare_data
@@ -18,17 +21,19 @@ from schemas.training import Tracking
 def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
     logged_run = recipe_of_run(run_id, tracking)
     recipe, run = logged_run.recipe, logged_run.run
-    weights_path = logged_run.artifact_dir / WEIGHTS_ARTIFACT
-    if not weights_path.exists():
-        raise UserError(
-            f"run {run_id} has no {WEIGHTS_ARTIFACT}; only finished runs with tracking.log_model have weights"
-        )
+    with tempfile.TemporaryDirectory(prefix="metassl-eval-") as tmp:
+        weights_path = logged_run.download(WEIGHTS_ARTIFACT, Path(tmp))
+        if weights_path is None:
+            raise UserError(
+                f"run {run_id} has no {WEIGHTS_ARTIFACT}; only finished runs with tracking.log_model have weights"
+            )
+        weights = load_file(str(weights_path), device="cpu")
     device = select_device(recipe.runtime)
     configure(recipe.runtime, recipe.seed, device)
     prepared = prepare_data(recipe)
     data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size).to(device)
-    classifier.load_state_dict(load_file(str(weights_path), device=str(device)))
+    classifier.load_state_dict(weights)
     result = evaluate(
         classifier,
         data.test_batches(recipe.data.eval_batch_size),

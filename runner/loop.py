@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from runner.build import Components
-from runner.checkpoint import save_checkpoint
+from runner.checkpoint import CHECKPOINT_DIR, save_checkpoint
 from runner.evaluate import Evaluation, evaluate
 from runner.runtime import rng_state, set_rng_state
 from runner.tracking import Tracker
@@ -92,8 +93,17 @@ def run_evaluation(components: Components, split: str = "test") -> Evaluation:
     return evaluate(components.eval_model(), batches, data.num_classes, components.ctx.autocast)
 
 
-def train(components: Components, tracker: Tracker, checkpoint_file: Path, state: LoopState) -> Evaluation:
-    """Run iterations `state.iteration .. schedule.iterations`, then return the final evaluation."""
+def train(
+    components: Components,
+    tracker: Tracker,
+    checkpoint_file: Path,
+    state: LoopState,
+    on_validation: Callable[[int, float], None] | None = None,
+) -> Evaluation:
+    """Run iterations `state.iteration .. schedule.iterations`, then return the final evaluation.
+
+    The checkpoint is written to `checkpoint_file` and logged to the run; `on_validation(iteration, accuracy)`
+    hears each held-out validation accuracy (a tuning trial reports it to Optuna, which may prune)."""
     recipe = components.recipe
     schedule = recipe.schedule
     method, classifier, data = components.method, components.classifier, components.data
@@ -145,6 +155,8 @@ def train(components: Components, tracker: Tracker, checkpoint_file: Path, state
                     tracker.log_metrics(
                         {"val/accuracy": validation.accuracy, "val/loss": validation.loss}, state.iteration
                     )
+                    if on_validation is not None:
+                        on_validation(state.iteration, validation.accuracy)
                 method.log_artifacts(state.iteration, tracker)
                 if not console.is_terminal:
                     print(
@@ -156,6 +168,7 @@ def train(components: Components, tracker: Tracker, checkpoint_file: Path, state
 
             if state.iteration % schedule.checkpoint_every == 0 or done:
                 save_checkpoint(checkpoint_file, checkpoint_state(components, state, tracker.run_id))
+                tracker.log_artifact(checkpoint_file, CHECKPOINT_DIR)
             progress.update(task, completed=state.iteration)
 
     if evaluation is None:  # resumed from a checkpoint taken at the very end

@@ -7,18 +7,26 @@ import json
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from runner import environment
 from runner.build import Components, build_components, prepare_data
-from runner.checkpoint import checkpoint_path, load_checkpoint
+from runner.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
 from runner.evaluate import Evaluation
 from runner.loop import LoopState, console, restore_state, train
 from runner.plots import close, confusion_figure, learning_curves_figure
 from runner.pretraining.pretrain import ensure_generator
-from runner.tracking import FINAL_ACCURACY, RECIPE_ARTIFACT, Tracker, latest_unfinished_run, recipe_of_run
+from runner.tracking import (
+    FINAL_ACCURACY,
+    RECIPE_ARTIFACT,
+    Tracker,
+    check_store,
+    latest_unfinished_run,
+    recipe_of_run,
+)
 from schemas import Recipe, UserError, recipe_to_dict
 from schemas.training import Tracking
 
@@ -97,35 +105,43 @@ def execute(
     resume_run_id: str | None = None,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> RunResult:
     """Train `recipe` in a new MLflow run, or continue `resume_run_id` from its last checkpoint.
 
-    `parent_run_id` nests the new run under a parent (a sweep); `extra_tags` are added to its tags.
+    `parent_run_id` nests the new run under a parent (a sweep); `extra_tags` are added to its tags;
+    `on_validation(iteration, val_accuracy)` is called at each evaluation (tuning prunes through it).
     """
     started = time.perf_counter()
+    check_store(recipe.tracking)  # a dead tracking server fails now, not after loading the data
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
     ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)
     components = build_components(recipe, prepared)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        with Tracker.open(
-            recipe.tracking,
-            run_name=recipe.tracking.run_name or recipe.name,
-            tags={**run_tags(recipe), **(extra_tags or {})},
-            resume_run_id=resume_run_id,
-            parent_run_id=parent_run_id,
-        ) as tracker:
-            checkpoint_file = checkpoint_path(tracker.artifact_dir)
+        with (
+            tempfile.TemporaryDirectory(prefix="metassl-run-") as scratch,
+            Tracker.open(
+                recipe.tracking,
+                run_name=recipe.tracking.run_name or recipe.name,
+                tags={**run_tags(recipe), **(extra_tags or {})},
+                resume_run_id=resume_run_id,
+                parent_run_id=parent_run_id,
+            ) as tracker,
+        ):
+            # The checkpoint is written here, then logged to the run's artifact store (local or a server).
+            checkpoint_file = checkpoint_path(Path(scratch))
             state = LoopState()
             if resume_run_id is None:
                 _log_run_inputs(tracker, components)
             else:
-                checkpoint = load_checkpoint(checkpoint_file)
+                downloaded = tracker.download(f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", Path(scratch))
+                checkpoint = None if downloaded is None else load_checkpoint(downloaded)
                 if checkpoint is not None:
                     state = restore_state(components, checkpoint)
                 console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
             console.print(f"run {tracker.run_id}: {recipe.name} on {components.device}")
-            evaluation = train(components, tracker, checkpoint_file, state)
+            evaluation = train(components, tracker, checkpoint_file, state, on_validation)
             _log_run_outputs(tracker, components, evaluation, state)
             run_id = tracker.run_id
     finally:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +20,19 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from runner.claims import claim, holder, release
 from runner.sweep_grid import canonical_value
 from runner.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
-from runner.tracking import FINAL_ACCURACY, PARENT_TAG, Tracker, child_runs, mark_failed, runs_with_tag
+from runner.tracking import (
+    FINAL_ACCURACY,
+    PARENT_TAG,
+    Tracker,
+    child_runs,
+    create_run,
+    delete_run,
+    mark_failed,
+    runs_with_tag,
+)
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -70,14 +82,45 @@ class Launched:
     log: Path
 
 
+class Claims:
+    """Grid points claimed in a database shared by several sweep workers: each runs on the first to claim it."""
+
+    def __init__(self, storage: str, plan: SweepPlan) -> None:
+        self.storage = storage
+        self.prefix = f"sweep/{plan.name}/{plan.identity}"
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def take(self, child: Child) -> bool:
+        return claim(self.storage, f"{self.prefix}/{child.key}", self.worker) == self.worker
+
+    def give_back(self, child: Child) -> None:
+        """A failed or interrupted child is released, so that a later invocation runs it again."""
+        release(self.storage, f"{self.prefix}/{child.key}", self.worker)
+
+    def parent(self, plan: SweepPlan, tags: dict[str, str]) -> tuple[str, bool]:
+        """(the parent run id, whether this worker created it): the first worker to claim it creates it."""
+        key = f"{self.prefix}/parent"
+        existing = holder(self.storage, key)
+        if existing is not None:
+            return existing, False
+        candidate = create_run(plan.tracking, plan.name, tags)
+        winner = claim(self.storage, key, candidate)
+        if winner != candidate:
+            delete_run(plan.tracking, candidate)
+        return winner, winner == candidate
+
+
 class Runner:
     """Launches children as subprocesses, at most `jobs` at a time, and stops them all on Ctrl-C."""
 
-    def __init__(self, plan: SweepPlan, parent_run_id: str, jobs: int, log_dir: Path) -> None:
+    def __init__(
+        self, plan: SweepPlan, parent_run_id: str, jobs: int, log_dir: Path, claims: Claims | None = None
+    ) -> None:
         self.plan = plan
         self.parent_run_id = parent_run_id
         self.jobs = jobs
         self.log_dir = log_dir
+        self.claims = claims
         self.live: list[Launched] = []
 
     def launch(self, child: Child) -> Launched:
@@ -109,13 +152,27 @@ class Runner:
                 launched.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 launched.process.kill()
+            if self.claims is not None:
+                self.claims.give_back(launched.child)
+
+    def _next(self, queue: list[Child]) -> Child | None:
+        """The next child this worker may run (claimed at launch time, so that workers interleave)."""
+        while queue:
+            child = queue.pop(0)
+            if self.claims is None or self.claims.take(child):
+                return child
+            child.status = "ELSEWHERE"
+            console.print(f"[{child.index + 1}/{len(self.plan.children)}] {child.key}: claimed by another worker")
+        return None
 
     def run(self, children: list[Child], on_done: Callable[[Outcome], None]) -> None:
         queue = list(children)
         try:
             while queue or self.live:
                 while queue and len(self.live) < self.jobs:
-                    self.live.append(self.launch(queue.pop(0)))
+                    child = self._next(queue)
+                    if child is not None:
+                        self.live.append(self.launch(child))
                 for launched in list(self.live):
                     returncode = launched.process.poll()
                     if returncode is not None:
@@ -164,12 +221,25 @@ def _open_parent(plan: SweepPlan) -> tuple[str | None, dict[str, str]]:
     existing = [run for run in tagged if PARENT_TAG not in run.data.tags]  # children carry the sweep tag too
     if existing:
         return existing[0].info.run_id, {}
+    return None, _parent_tags(plan)
+
+
+def _parent_tags(plan: SweepPlan) -> dict[str, str]:
     description = (
         f"Sweep of `{plan.recipe_path}` over "
         + ", ".join(f"`{key}` in {[canonical_value(v) for v in values]}" for key, values in plan.grid.items())
         + f" ({len(plan.children)} children)."
     )
-    return None, {SWEEP_TAG: plan.identity, ROLE_TAG: "parent", "mlflow.note.content": description}
+    return {SWEEP_TAG: plan.identity, ROLE_TAG: "parent", "mlflow.note.content": description}
+
+
+def _fill_in_elsewhere(plan: SweepPlan, parent_run_id: str) -> None:
+    """Children another worker ran: their status and accuracy as far as they got."""
+    finished = _finished_keys(plan, parent_run_id)
+    for child in plan.children:
+        if child.status == "ELSEWHERE" and child.key in finished:
+            run = finished[child.key]
+            child.run_id, child.accuracy = run.info.run_id, run.data.metrics.get(FINAL_ACCURACY)
 
 
 def _log_parent_inputs(tracker: Tracker, plan: SweepPlan) -> None:
@@ -187,17 +257,25 @@ def _log_parent_inputs(tracker: Tracker, plan: SweepPlan) -> None:
 def _log_parent_progress(tracker: Tracker, plan: SweepPlan) -> None:
     children = plan.children
     tracker.log_dict([child.summary() for child in children], "sweep/children.json")
-    counts = {status: sum(c.status == status for c in children) for status in ("FINISHED", "SKIPPED", "FAILED")}
+    counts = {
+        status: sum(c.status == status for c in children) for status in ("FINISHED", "SKIPPED", "FAILED", "ELSEWHERE")
+    }
     tracker.log_metrics({f"sweep/{status.lower()}": n for status, n in counts.items()}, step=0)
 
 
-def run_sweep(plan: SweepPlan, jobs: int = 1) -> list[Child]:
-    """Run every child not finished yet; raise SweepFailed at the end if any failed."""
+def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> list[Child]:
+    """Run every child not finished yet; raise SweepFailed at the end if any failed.
+
+    With `storage` (a database URL), several workers share the sweep: each child runs on the first to claim it."""
     from runner.pretraining.pretrain import ensure_generator  # imports torch, which planning a sweep does not need
 
-    parent_id, new_tags = _open_parent(plan)
+    claims = Claims(storage, plan) if storage else None
+    if claims is not None:
+        (parent_id, created), new_tags = claims.parent(plan, _parent_tags(plan)), {}
+    else:
+        (parent_id, new_tags), created = _open_parent(plan), False
     with Tracker.open(plan.tracking, run_name=plan.name, tags=new_tags, resume_run_id=parent_id) as tracker:
-        if parent_id is None:
+        if parent_id is None or created:
             _log_parent_inputs(tracker, plan)
         console.print(f"sweep {plan.identity}: parent run {tracker.run_id} ({len(plan.children)} children)")
         finished = _finished_keys(plan, tracker.run_id)
@@ -219,6 +297,8 @@ def run_sweep(plan: SweepPlan, jobs: int = 1) -> list[Child]:
             _record(plan, tracker.run_id, outcome)
             child = outcome.child
             if child.status == "FAILED":
+                if claims is not None:
+                    claims.give_back(child)
                 tracker.log_text(child.log[-20000:], f"sweep/logs/child-{child.index}.log")
                 shown = f"FAILED: {child.error}"
             else:
@@ -230,7 +310,9 @@ def run_sweep(plan: SweepPlan, jobs: int = 1) -> list[Child]:
             recipe = child.recipe
             ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)  # type: ignore[union-attr]
         with tempfile.TemporaryDirectory(prefix="metassl-sweep-") as tmp:
-            Runner(plan, tracker.run_id, jobs, Path(tmp)).run(todo, on_done)
+            Runner(plan, tracker.run_id, jobs, Path(tmp), claims).run(todo, on_done)
+        if claims is not None:
+            _fill_in_elsewhere(plan, tracker.run_id)
         _log_parent_progress(tracker, plan)
         failed = [child for child in plan.children if child.status == "FAILED"]
         tracker.set_tags({"metassl.sweep.failed": len(failed)})

@@ -27,7 +27,9 @@ class Child:
     assignment: Assignment
     key: str
     recipe: Recipe | None
-    status: str = "PENDING"  # FINISHED | FAILED | SKIPPED (finished by an earlier invocation)
+    status: str = (
+        "PENDING"  # FINISHED | FAILED | SKIPPED (finished by an earlier invocation) | ELSEWHERE (another worker)
+    )
     run_id: str | None = None
     accuracy: float | None = None
     seconds: float | None = None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -31,13 +31,62 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+PROBE_TIMEOUT_SECONDS = 5
+_reachable: set[str] = set()
+
+
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (as opposed to a store on this machine's disk)."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+@contextmanager
+def _quick_http_requests() -> Iterator[None]:
+    """MLflow retries a dead server for minutes by default; one short try says enough."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(PROBE_TIMEOUT_SECONDS)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _probe(client: Any, uri: str) -> None:
+    """Fail in seconds, with one line, when a tracking server does not answer (once per process and URI)."""
+    if uri in _reachable:
+        return
+    try:
+        with _quick_http_requests():
+            client.search_experiments(max_results=1)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"tracking.tracking_uri: the MLflow server at {uri} does not answer ({reason}); "
+            "start it (mlflow server --serve-artifacts ...) or fix the URI"
+        ) from None
+    _reachable.add(uri)
+
+
 def _client(tracking: Tracking) -> Any:
     from mlflow.tracking import MlflowClient
 
     uri = tracking.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    if is_server(uri):
+        _probe(client, uri)
+    return client
+
+
+def check_store(tracking: Tracking) -> None:
+    """Reach the tracking store now (a one-line UserError if a server is down), before any slow work."""
+    _client(tracking)
 
 
 # MLflow 3's experiment kind "Machine learning": UIs that choose the view from this tag open the model-training view
@@ -47,16 +96,29 @@ EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 
 def _experiment_id(client: Any, tracking: Tracking) -> str:
+    """Find or create the experiment. On a server it keeps the server's default artifact location, so every
+    machine sees the artifacts; only a store on this disk gets the local `tracking.artifact_root`."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
         if EXPERIMENT_KIND_TAG[0] not in experiment.tags:  # made by an older metassl or by hand
             client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND_TAG)
         return experiment.experiment_id
-    location = (Path(tracking.artifact_root) / tracking.experiment).resolve()
-    location.mkdir(parents=True, exist_ok=True)
-    return client.create_experiment(
-        tracking.experiment, artifact_location=location.as_uri(), tags=dict([EXPERIMENT_KIND_TAG])
-    )
+    location = None
+    if not is_server(tracking.tracking_uri):
+        folder = (Path(tracking.artifact_root) / tracking.experiment).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        location = folder.as_uri()
+    try:
+        return client.create_experiment(
+            tracking.experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND_TAG])
+        )
+    except MlflowException:  # another worker created it between our lookup and create
+        experiment = client.get_experiment_by_name(tracking.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,11 +181,6 @@ class Tracker:
         """Log more to an existing run without touching its status (a sweep's parent, a report)."""
         return cls(_client(tracking), run_id)
 
-    @property
-    def artifact_dir(self) -> Path:
-        """The run's local artifact folder (the store is local: `mlruns/`)."""
-        return local_artifact_dir(self.client, self.run_id)
-
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -166,19 +223,27 @@ class Tracker:
         grid = make_grid(images, nrow=nrow or max(1, int(math.sqrt(len(images)))), padding=2, pad_value=1.0)
         buffer = io.BytesIO()
         save_image(grid, buffer, format="png")
-        target = self.artifact_dir / artifact_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(buffer.getvalue())
+        self.log_bytes(buffer.getvalue(), artifact_file)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """Write `data` to a temp file and log it under `artifact_file` (folders/name.ext)."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="metassl-artifact-") as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(path), folder or None)
+
+    def download(self, artifact_file: str, folder: Path) -> Path | None:
+        """Fetch one artifact of this run into `folder` (from the server, or the local store); None if absent."""
+        return download_artifact(self.client, self.run_id, artifact_file, folder)
 
 
-def local_artifact_dir(client: Any, run_id: str) -> Path:
-    uri = client.get_run(run_id).info.artifact_uri
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file"):
-        raise UserError(f"run {run_id} keeps artifacts at {uri}; metassl needs a local artifact store (mlruns/)")
-    path = Path(unquote(parsed.path))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def download_artifact(client: Any, run_id: str, artifact_file: str, folder: Path) -> Path | None:
+    """One artifact of a run, fetched through MLflow into `folder`; None if the run has no such artifact."""
+    parent, _, name = artifact_file.rpartition("/")
+    if name not in {Path(info.path).name for info in client.list_artifacts(run_id, parent or None)}:
+        return None
+    return Path(client.download_artifacts(run_id, artifact_file, str(folder)))
 
 
 def find_run(tracking: Tracking, run_id: str) -> tuple[Any, Any]:
@@ -253,6 +318,20 @@ def experiment_runs(tracking: Tracking) -> list[Any]:
     return _search(tracking, "", ["attributes.start_time DESC"])
 
 
+def create_run(tracking: Tracking, run_name: str, tags: Mapping[str, str]) -> str:
+    """A new run left RUNNING (a candidate parent that several workers race to create; see runner/claims.py)."""
+    client = _client(tracking)
+    return client.create_run(_experiment_id(client, tracking), tags=dict(tags), run_name=run_name).info.run_id
+
+
+def delete_run(tracking: Tracking, run_id: str) -> None:
+    _client(tracking).delete_run(run_id)
+
+
+def set_status(tracking: Tracking, run_id: str, status: str) -> None:
+    _client(tracking).set_terminated(run_id, status=status)
+
+
 def mark_failed(tracking: Tracking, run_id: str) -> None:
     """End a run left RUNNING by a process that died without cleaning up (SIGKILL, out of memory)."""
     _client(tracking).set_terminated(run_id, status="FAILED")
@@ -266,15 +345,20 @@ def list_runs(tracking: Tracking, max_results: int = 20) -> list[Any]:
 class LoggedRun:
     recipe: Recipe
     run: Any
-    artifact_dir: Path
+    client: Any
+
+    def download(self, artifact_file: str, folder: Path) -> Path | None:
+        """Fetch one of the run's artifacts into `folder` through MLflow; None if it has none."""
+        return download_artifact(self.client, self.run.info.run_id, artifact_file, folder)
 
 
 def recipe_of_run(run_id: str, tracking: Tracking) -> LoggedRun:
-    """The resolved recipe logged with a run, the run itself, and its artifact folder."""
+    """The resolved recipe logged with a run, the run itself, and a client to fetch its artifacts."""
     client, run = find_run(tracking, run_id)
-    artifact_dir = local_artifact_dir(client, run_id)
-    path = artifact_dir / RECIPE_ARTIFACT
-    if not path.exists():
-        raise UserError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact; it was not started by metassl run")
-    recipe = validate_recipe(yaml.safe_load(path.read_text()), f"run {run_id} {RECIPE_ARTIFACT}")
-    return LoggedRun(recipe, run, artifact_dir)
+    with tempfile.TemporaryDirectory(prefix="metassl-recipe-") as tmp:
+        path = download_artifact(client, run_id, RECIPE_ARTIFACT, Path(tmp))
+        if path is None:
+            raise UserError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact; it was not started by metassl run")
+        text = path.read_text()
+    recipe = validate_recipe(yaml.safe_load(text), f"run {run_id} {RECIPE_ARTIFACT}")
+    return LoggedRun(recipe, run, client)

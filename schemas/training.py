@@ -63,7 +63,9 @@ class Optim(Block):
 class Tracking(Block):
     experiment: str = "metassl"
     tracking_uri: str = Field(default="sqlite:///mlruns/mlflow.db", description="MLflow tracking URI")
-    artifact_root: str = Field(default="mlruns", description="where new experiments keep their artifacts")
+    artifact_root: str = Field(
+        default="mlruns", description="where new experiments of a local store keep artifacts (a server keeps its own)"
+    )
     run_name: str | None = None
     log_model: bool = Field(default=True, description="log the final classifier weights as safetensors")
 

@@ -1,0 +1,124 @@
+"""Real servers for the team tests: a PostgreSQL cluster and an `mlflow server` on it, each on 127.0.0.1.
+
+Started once per test session and stopped afterwards. No mocks: if PostgreSQL is not installed the tests fail
+(scripts/install.sh installs it), they do not skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+
+class Server(NamedTuple):
+    uri: str  # http://127.0.0.1:PORT
+    artifacts: Path  # the server's --artifacts-destination (to check where artifacts landed)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _postgres_bin() -> Path:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not versions:
+        pytest.fail("PostgreSQL is not installed (no initdb): apt-get install postgresql, as scripts/install.sh does")
+    return versions[-1].parent
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A fresh PostgreSQL cluster; yields a URL prefix `postgresql+psycopg2://postgres@127.0.0.1:PORT` (+ `/db`)."""
+    import sqlalchemy
+
+    bindir = _postgres_bin()
+    root = Path(tempfile.mkdtemp(prefix="metassl-pg-"))
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    started = subprocess.run(
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]),
+        capture_output=True,
+        text=True,
+    )
+    if started.returncode != 0:
+        log = (root / "log").read_text() if (root / "log").exists() else ""
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}{log}")
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+    engine = sqlalchemy.create_engine(f"{url}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for name in ("mlflow", "optuna"):
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: str) -> Iterator[Server]:
+    """`mlflow server --serve-artifacts` on the PostgreSQL `mlflow` database."""
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="metassl-mlflow-server-"))
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"{postgres}/mlflow",
+        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = open(root / "server.log", "wb")  # noqa: SIM115 (closed below, after the server stops)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    try:
+        yield Server(uri, root / "artifacts")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
