@@ -35,16 +35,18 @@ if [ "$STAGE" = select ]; then
 fi
 
 if [ "$STAGE" = final ]; then
-  # Every method once on the test split, paired seeds 0-4, both label budgets. METHOD_OVERRIDES is the
-  # configuration the select stage chose on val/accuracy (docs/RESULTS.md says which and why).
+  # Every method once on the test split, paired seeds 0-4, one label budget after the other (LABELS). The method
+  # runs with METHOD_OVERRIDES, the configuration the select stage chose on val/accuracy (docs/RESULTS.md).
   read -r -a CHOSEN <<< "${METHOD_OVERRIDES:-}"
   for bench in ${BENCHMARKS:-tops}; do
     if [ "$bench" = tops ]; then P=recipes/fashion_mnist_tops; else P=recipes/fashion_mnist_40labels; fi
-    E=(-o tracking.experiment="phase-i-final-$bench" --grid data.labels_per_class=1,4 --grid seed=0,1,2,3,4)
-    sweep "final-$bench-supervised" "${P}_supervised.yaml" "${E[@]}"
-    sweep "final-$bench-fixmatch" "${P}_fixmatch.yaml" "${E[@]}"
-    sweep "final-$bench-generative-random" "${P}_generative.yaml" "${E[@]}"
-    sweep "final-$bench-generative-pseudo" "${P}_generative.yaml" "${E[@]}" -o method.latents.classes=pseudo
-    sweep "final-$bench-method" "${P}.yaml" "${E[@]}" "${CHOSEN[@]}"
+    for labels in ${LABELS:-1 4}; do
+      E=(-o tracking.experiment="phase-i-final-$bench" -o data.labels_per_class="$labels" --grid seed=0,1,2,3,4)
+      sweep "final-$bench-$labels-supervised" "${P}_supervised.yaml" "${E[@]}"
+      sweep "final-$bench-$labels-fixmatch" "${P}_fixmatch.yaml" "${E[@]}"
+      sweep "final-$bench-$labels-generative-random" "${P}_generative.yaml" "${E[@]}"
+      sweep "final-$bench-$labels-generative-pseudo" "${P}_generative.yaml" "${E[@]}" -o method.latents.classes=pseudo
+      sweep "final-$bench-$labels-method" "${P}.yaml" "${E[@]}" "${CHOSEN[@]}"
+    done
   done
 fi
