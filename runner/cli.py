@@ -14,6 +14,11 @@ import typer
 
 from schemas import UserError
 
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer with click as a dependency
+    import click.exceptions as click_exceptions  # type: ignore[no-redef]
+
 app = typer.Typer(
     name="metassl",
     help="Generative semi-supervised learning from YAML recipes, tracked in MLflow.",
@@ -34,27 +39,55 @@ Overrides = Annotated[
 ]
 TrackingUri = Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI of the store to read runs from")]
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MAX_ERROR_CHARS = 2000  # an error is read, not scrolled: 200k unknown keys must not print megabytes
+
+
+def one_line(message: str) -> str:
+    message = " ".join(message.split())
+    if len(message) > MAX_ERROR_CHARS:
+        cut = len(message) - MAX_ERROR_CHARS
+        message = f"{message[:MAX_ERROR_CHARS]}... ({cut} more characters)"
+    return message
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code=2)
 
 
 def user_errors(command: Command) -> Command:
-    """Print a UserError as one line on stderr and exit 2; Ctrl-C exits 130. No tracebacks for bad input."""
+    """Print a UserError (or a full disk, an unwritable file) as one line on stderr and exit 2; a stop by
+    signal exits 130 with what was saved. No tracebacks for bad input."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from runner.faults import describe_os_error
+
         try:
             return command(*args, **kwargs)
         except UserError as exc:
             fail(str(exc))
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+        except KeyboardInterrupt as exc:
+            from runner.interrupts import Interrupted
+
+            typer.echo(str(exc) if isinstance(exc, Interrupted) else "interrupted", err=True)
             raise typer.Exit(code=130) from None
+        except Exception as exc:
+            described = describe_os_error(exc)
+            if described is None:
+                raise
+            fail(described)
 
     return wrapper  # type: ignore[return-value]
+
+
+def tracking_block(tracking_uri: str, experiment: str | None = None) -> Any:
+    """A `Tracking` from command-line options, validated like a recipe's `tracking` block."""
+    from schemas import validate_block
+    from schemas.training import Tracking
+
+    fields = {"tracking_uri": tracking_uri} | ({} if experiment is None else {"experiment": experiment})
+    return validate_block(Tracking, fields, "tracking", {"tracking_uri": "--tracking-uri", "experiment": "--experiment"})
 
 
 def _load(recipe: Path, overrides: list[str] | None) -> Any:
@@ -84,7 +117,6 @@ def run(
 ) -> None:
     """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
     from runner import session
-    from schemas.training import Tracking
 
     session.quiet_libraries()
     if resume is not None and recipe is not None:
@@ -95,7 +127,7 @@ def run(
         if resume.endswith((".yaml", ".yml")) or Path(resume).exists():
             result = session.resume_latest(_load(Path(resume), override))
         else:
-            result = session.resume(resume, Tracking(tracking_uri=tracking_uri))
+            result = session.resume(resume, tracking_block(tracking_uri))
     else:
         extra_tags = dict(item.partition("=")[::2] for item in tag or [])
         result = session.execute(
@@ -109,8 +141,11 @@ def run(
 @app.command()
 @user_errors
 def validate(recipe: RecipeArg, override: Overrides = None) -> None:
-    """Check a recipe without any torch work."""
+    """Check a recipe without any torch work (and that its tracking store is writable)."""
+    from runner.tracking import check_store
+
     loaded = _load(recipe, override)
+    check_store(loaded.tracking)
     typer.echo(
         f"ok: {recipe} is a valid recipe ({loaded.method.name} on {loaded.data.name}, "
         f"{loaded.schedule.iterations} iterations)"
@@ -194,16 +229,15 @@ def runs(
     limit: Annotated[int, typer.Option(help="how many runs")] = 20,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
-    """List recent runs with their status and final accuracy."""
+    """List recent runs with their status and final accuracy; DEAD: RUNNING, but its process is gone (resume it)."""
     from runner.session import quiet_libraries
-    from runner.tracking import list_runs
-    from schemas.training import Tracking
+    from runner.tracking import list_runs, shown_status
 
     quiet_libraries()
-    for found in list_runs(Tracking(experiment=experiment, tracking_uri=tracking_uri), limit):
+    for found in list_runs(tracking_block(tracking_uri, experiment), limit):
         accuracy = found.data.metrics.get("final/test_accuracy")
         shown = "-" if accuracy is None else f"{accuracy:.4f}"
-        typer.echo(f"{found.info.run_id}  {found.info.status:<9} {shown:>7}  {found.info.run_name}")
+        typer.echo(f"{found.info.run_id}  {shown_status(found):<9} {shown:>7}  {found.info.run_name}")
 
 
 @app.command("eval")
@@ -215,10 +249,9 @@ def evaluate_run(
     """Re-evaluate a finished run's logged weights on its test split."""
     from runner.evaluation_job import evaluate_logged_run
     from runner.session import quiet_libraries
-    from schemas.training import Tracking
 
     quiet_libraries()
-    report = evaluate_logged_run(run_id, Tracking(tracking_uri=tracking_uri))
+    report = evaluate_logged_run(run_id, tracking_block(tracking_uri))
     typer.echo(report)
 
 
@@ -292,8 +325,23 @@ def report(
     typer.echo(make_report(source, tracking_uri, metric, output))
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a usage error (unknown option, `-o` without a value) is one line too, not a box."""
+    from runner import interrupts
+
+    interrupts.install()
+    try:
+        code = app(argv, standalone_mode=False, prog_name="metassl")
+    except click_exceptions.NoArgsIsHelpError:
+        code = 2  # the help is printed already
+    except click_exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "metassl"
+        typer.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
+        code = 2
+    except click_exceptions.Abort:
+        typer.echo("interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -5,23 +5,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
 
-from runner import environment
+from rich.markup import escape
+
+from runner import environment, faults, interrupts
 from runner.build import Components, build_components, prepare_data
 from runner.checkpoint import checkpoint_path, load_checkpoint
 from runner.evaluate import Evaluation
 from runner.loop import LoopState, console, restore_state, train
 from runner.plots import close, confusion_figure, learning_curves_figure
-from runner.tracking import RECIPE_ARTIFACT, Tracker, find_run, latest_unfinished_run, local_artifact_dir
+from runner.tracking import (
+    RECIPE_ARTIFACT,
+    Tracker,
+    check_store,
+    find_run,
+    latest_unfinished_run,
+    local_artifact_dir,
+    refuse_live_run,
+)
 from schemas import Recipe, UserError, recipe_to_dict, validate_recipe
 from schemas.training import Tracking
 
@@ -52,10 +60,6 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
         "generator": recipe.generator.name,
         "metassl.recipe_hash": recipe_hash(recipe),
     }
-
-
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _log_run_inputs(tracker: Tracker, components: Components) -> None:
@@ -106,33 +110,75 @@ def execute(
     `parent_run_id` nests the new run under a parent (a sweep); `extra_tags` are added to its tags.
     """
     started = time.perf_counter()
+    check_store(recipe.tracking)  # a read-only or unreachable store fails before any data loads
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
     components = build_components(recipe, prepared)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    state = LoopState()
+    if resume_run_id is not None:  # a bad checkpoint fails here, before the run's status changes
+        state = _restored_state(recipe, resume_run_id, components)
+    run_id = resume_run_id
+    tracker: Tracker | None = None
     try:
-        with Tracker.open(
-            recipe.tracking,
-            run_name=recipe.tracking.run_name or recipe.name,
-            tags={**run_tags(recipe), **(extra_tags or {})},
-            resume_run_id=resume_run_id,
-            parent_run_id=parent_run_id,
-        ) as tracker:
+        with (
+            interrupts.deferred(),
+            Tracker.open(
+                recipe.tracking,
+                run_name=recipe.tracking.run_name or recipe.name,
+                tags={**run_tags(recipe), **(extra_tags or {})},
+                resume_run_id=resume_run_id,
+                parent_run_id=parent_run_id,
+            ) as tracker,
+        ):
+            run_id = tracker.run_id
             checkpoint_file = checkpoint_path(tracker.artifact_dir)
-            state = LoopState()
             if resume_run_id is None:
                 _log_run_inputs(tracker, components)
             else:
-                checkpoint = load_checkpoint(checkpoint_file)
-                if checkpoint is not None:
-                    state = restore_state(components, checkpoint)
                 console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
-            console.print(f"run {tracker.run_id}: {recipe.name} on {components.device}")
+            console.print(f"run {tracker.run_id}: {escape(recipe.name)} on {components.device}")
             evaluation = train(components, tracker, checkpoint_file, state)
+            if interrupts.requested():
+                raise interrupts.Interrupted(f"interrupted after the last iteration ({state.iteration})")
             _log_run_outputs(tracker, components, evaluation, state)
-            run_id = tracker.run_id
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt as exc:
+        if run_id is None:
+            raise
+        done = str(exc) if isinstance(exc, interrupts.Interrupted) else "interrupted"
+        raise interrupts.Interrupted(
+            f"{done}; run {run_id} saved and marked KILLED; continue it with: "
+            f"metassl run --resume {run_id} --tracking-uri {recipe.tracking.tracking_uri}"
+        ) from None
+    except Exception as exc:
+        if run_id is None or tracker is None or not faults.disk_full(exc):
+            raise
+        status = (
+            "is marked FAILED"
+            if tracker.ended_as == "FAILED"
+            else "could not be marked FAILED as its store is on the full disk (`metassl runs` shows it DEAD)"
+        )
+        raise UserError(
+            f"no space left on the disk ({faults.full_disk_location(exc)}); run {run_id} {status}; its last checkpoint"
+            f" is intact: free some space, then continue with: metassl run --resume {run_id} --tracking-uri"
+            f" {recipe.tracking.tracking_uri}"
+        ) from None
     return RunResult(run_id, evaluation.accuracy, time.perf_counter() - started, evaluation)
+
+
+def _restored_state(recipe: Recipe, run_id: str, components: Components) -> LoopState:
+    """The loop state from the run's checkpoint (a fresh start if it has none); a damaged one is a UserError."""
+    client, _ = find_run(recipe.tracking, run_id)
+    path = checkpoint_path(local_artifact_dir(client, run_id))
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
+        return LoopState()
+    try:
+        return restore_state(components, checkpoint)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"checkpoint {path} does not fit this recipe ({reason}); delete it to resume from the start of the run,"
+            " or start a new run with `metassl run RECIPE`"
+        ) from None
 
 
 @dataclass
@@ -158,14 +204,19 @@ def resume(run_id: str, tracking: Tracking) -> RunResult:
     recipe, run = logged.recipe, logged.run
     if run.info.status == "FINISHED":
         raise UserError(f"run {run_id} already finished; start a new one with `metassl run` on its recipe")
+    refuse_live_run(run)
     return execute(recipe, resume_run_id=run_id)
 
 
 def resume_latest(recipe: Recipe) -> RunResult:
-    run_id = latest_unfinished_run(recipe.tracking, recipe_hash(recipe))
-    if run_id is None:
-        raise UserError(f"--resume: no unfinished run of recipe '{recipe.name}' in {recipe.tracking.tracking_uri}")
-    return execute(recipe, resume_run_id=run_id)
+    check_store(recipe.tracking)
+    run = latest_unfinished_run(recipe.tracking, recipe_hash(recipe))
+    if run is None:
+        raise UserError(
+            f"--resume: no unfinished run of recipe '{recipe.name}' in {recipe.tracking.tracking_uri}"
+        )
+    refuse_live_run(run)
+    return execute(recipe, resume_run_id=run.info.run_id)
 
 
 def quiet_libraries() -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,24 +20,171 @@ from schemas.training import Tracking
 
 PARENT_TAG = "mlflow.parentRunId"
 RECIPE_ARTIFACT = "recipe.yaml"
+# Who runs a RUNNING run, so `metassl runs` can tell a dead one (SIGKILL, out of memory) from a live one.
+HOST_TAG, PID_TAG, PID_START_TAG = "metassl.host", "metassl.pid", "metassl.pid_start"
+PROBE_TIMEOUT_S = 3.0
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
+
+
+@contextmanager
+def _store_lock(tracking: Tracking) -> Iterator[None]:
+    """Serialize creating a SQLite store, its schema migration, and creating an experiment across processes.
+
+    MLflow migrates a fresh database on first open; two processes doing it at once corrupt each other's work.
+    """
+    database = _sqlite_path(tracking.tracking_uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(database.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _client(tracking: Tracking) -> Any:
     from mlflow.tracking import MlflowClient
 
-    uri = tracking.tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    with _store_lock(tracking):
+        client = MlflowClient(tracking_uri=tracking.tracking_uri)
+        client.search_experiments(max_results=1)  # opens the store: creates or migrates its schema, under the lock
+    return client
 
 
 def _experiment_id(client: Any, tracking: Tracking) -> str:
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id
     location = (Path(tracking.artifact_root) / tracking.experiment).resolve()
     location.mkdir(parents=True, exist_ok=True)
-    return client.create_experiment(tracking.experiment, artifact_location=location.as_uri())
+    with _store_lock(tracking):
+        try:
+            return client.create_experiment(tracking.experiment, artifact_location=location.as_uri())
+        except MlflowException:  # another process created it first (a server store, which the lock cannot cover)
+            experiment = client.get_experiment_by_name(tracking.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from the original."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _process_start(pid) or ""}
+
+
+def is_dead(run: Any) -> bool:
+    """A RUNNING run whose process (on this host) is gone. Runs of other hosts cannot be checked: not dead."""
+    tags = run.data.tags
+    if run.info.status != "RUNNING" or tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG):
+        return False
+    pid = int(tags[PID_TAG])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, owned by another user
+    started = _process_start(pid)
+    return bool(tags.get(PID_START_TAG)) and started is not None and started != tags[PID_START_TAG]
+
+
+def shown_status(run: Any) -> str:
+    return "DEAD" if is_dead(run) else run.info.status
+
+
+def refuse_live_run(run: Any) -> None:
+    """Resuming a run whose process still runs would have two processes write one run."""
+    tags = run.data.tags
+    if run.info.status == "RUNNING" and tags.get(PID_TAG) and not is_dead(run):
+        if tags.get(HOST_TAG) == socket.gethostname():
+            raise UserError(
+                f"run {run.info.run_id} is still running (pid {tags[PID_TAG]}); stop it first (Ctrl-C or kill"
+                f" {tags[PID_TAG]}), then resume"
+            )
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _unwritable(path: Path) -> str | None:
+    target = _nearest_existing(path)
+    if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
+        return f"{target} is not writable"
+    if target != path.absolute() and target.is_file():
+        return f"{target} is a file, not a folder"
+    return None
+
+
+def check_store(tracking: Tracking) -> None:
+    """Fail fast, in one line, on a store a run could not write to: read-only, or no server answering.
+
+    Touches nothing: it runs before any data loads and from `metassl validate`.
+    """
+    database = _sqlite_path(tracking.tracking_uri)
+    if database is not None:
+        problem = _unwritable(database) or _unwritable(database.parent)
+        if problem:
+            raise UserError(f"tracking.tracking_uri: the store {tracking.tracking_uri} is read-only ({problem})")
+    scheme = urlparse(tracking.tracking_uri).scheme
+    if scheme in ("", "file", "sqlite"):
+        problem = _unwritable(Path(tracking.artifact_root))
+        if problem:
+            raise UserError(f"tracking.artifact_root: {tracking.artifact_root} is read-only ({problem})")
+    if scheme in ("http", "https"):
+        _probe_server(tracking.tracking_uri)
+
+
+def _probe_server(uri: str) -> None:
+    """Any HTTP answer will do; MLflow's own client would retry an unreachable server for minutes."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"tracking.tracking_uri: no MLflow server answers at {uri} ({reason}); start one (mlflow server) or fix"
+            " the URI"
+        ) from None
+
+
+def _last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
+    """Per metric, the last step already in the run (a killed run may have logged past its checkpoint)."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: max(point.step for point in client.get_metric_history(run_id, key)) for key in keys}
+
+
+def _end_run(client: Any, run_id: str, status: str) -> bool:
+    """Set the final status; False when even that fails (the store's disk is full, the server is gone)."""
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception:
+        return False
+    return True
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -57,6 +209,8 @@ class Tracker:
     def __init__(self, client: Any, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.logged_through: dict[str, int] = {}  # metric -> last step already logged; those are not logged again
+        self.ended_as: str | None = None  # the final status, once it is stored
 
     @classmethod
     @contextmanager
@@ -73,22 +227,26 @@ class Tracker:
         if resume_run_id is not None:
             client.update_run(resume_run_id, status="RUNNING")
             run_id = resume_run_id
+            logged_through = _last_logged_steps(client, run_id)
         else:
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags[PARENT_TAG] = parent_run_id
             run = client.create_run(_experiment_id(client, tracking), tags=all_tags, run_name=run_name)
-            run_id = run.info.run_id
+            run_id, logged_through = run.info.run_id, {}
         tracker = cls(client, run_id)
+        tracker.logged_through = logged_through
         try:
+            tracker.set_tags(owner_tags())
             yield tracker
         except KeyboardInterrupt:
-            client.set_terminated(run_id, status="KILLED")
+            tracker.ended_as = "KILLED" if _end_run(client, run_id, "KILLED") else None
             raise
         except BaseException:
-            client.set_terminated(run_id, status="FAILED")
+            tracker.ended_as = "FAILED" if _end_run(client, run_id, "FAILED") else None
             raise
         client.set_terminated(run_id, status="FINISHED")
+        tracker.ended_as = "FINISHED"
 
     @classmethod
     def attach(cls, tracking: Tracking, run_id: str) -> Tracker:
@@ -116,7 +274,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(key, _scalar(value), now, step) for key, value in metrics.items()]
+        items = [
+            Metric(key, _scalar(value), now, step)
+            for key, value in metrics.items()
+            if step > self.logged_through.get(key, -1)
+        ]
         for start in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[start : start + 500])
 
@@ -180,11 +342,11 @@ def tracking_of_run(tracking_uri: str, run_id: str) -> tuple[Tracking, Any]:
     return Tracking(tracking_uri=tracking_uri, experiment=experiment.name), run
 
 
-def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> str | None:
-    """The newest run of this recipe that did not finish (to continue with `--resume RECIPE`)."""
+def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> Any | None:
+    """The newest run of this recipe that did not finish, dead or stopped (to continue with `--resume RECIPE`)."""
     filter_string = f"tags.`metassl.recipe_hash` = '{_quote(recipe_hash)}' and attributes.status != 'FINISHED'"
     runs = _search(tracking, filter_string, ["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
 
 
 def _search(

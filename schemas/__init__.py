@@ -10,6 +10,7 @@ from schemas.recipe import (
     recipe_to_dict,
     register_config,
     set_override,
+    validate_block,
     validate_recipe,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "recipe_to_dict",
     "register_config",
     "set_override",
+    "validate_block",
     "validate_recipe",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+import math
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -37,6 +38,11 @@ class Augment(Block):
 
 
 class DataBase(Block):
+    # Images of the smallest class in the built-in train split (None: unknown, e.g. a user's folder).
+    smallest_train_class: ClassVar[int | None] = None
+    num_classes: ClassVar[int | None] = None
+    reads_root: ClassVar[bool] = True
+
     root: Path | None = Field(
         default=None, description="dataset directory; default: the dataset's usual places, then ~/.cache/metassl"
     )
@@ -70,8 +76,43 @@ class DataBase(Block):
             raise ValueError("set data.labels_per_class or data.total_labels")
         return self
 
+    @model_validator(mode="after")
+    def _root_is_read(self) -> DataBase:
+        if self.root is not None and not self.reads_root:
+            name = self.model_fields["name"].default
+            raise ValueError(f"data.root: the {name} dataset reads no files, so root would be ignored; remove it")
+        return self
+
+    def labelable_per_class(self) -> int | None:
+        """At most this many images per class can be labeled (None: unknown until the data loads)."""
+        return self.smallest_train_class
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> DataBase:
+        name = self.model_fields["name"].default
+        if self.total_labels is not None and self.num_classes and self.total_labels < self.num_classes:
+            raise ValueError(
+                f"data.total_labels: {self.total_labels} labels cannot cover the {self.num_classes} classes of {name};"
+                f" use at least {self.num_classes}"
+            )
+        available = self.labelable_per_class()
+        if available is None or not self.num_classes:
+            return self
+        per_class = self.labels_per_class or math.ceil((self.total_labels or 0) / self.num_classes)
+        holdout = self.validation.per_class if self.validation.source == "holdout" else 0
+        if per_class + holdout > available:
+            field = "data.labels_per_class" if self.labels_per_class is not None else "data.total_labels"
+            extra = f" + {holdout} validation" if holdout else ""
+            raise ValueError(
+                f"{field}: {per_class}{extra} images per class requested, but {name} has at most {available} per"
+                " class to label; lower it"
+            )
+        return self
+
 
 class FashionMNIST(DataBase):
+    smallest_train_class: ClassVar[int | None] = 6000
+    num_classes: ClassVar[int | None] = 10
     name: Literal["fashion_mnist"] = "fashion_mnist"
     source_fraction: float = Field(
         default=0.5,
@@ -80,25 +121,43 @@ class FashionMNIST(DataBase):
         description="fraction of the train split reserved as the generator's source set (never labeled here)",
     )
 
+    def labelable_per_class(self) -> int | None:
+        # The source set is a random (not stratified) draw; 10% slack keeps this an upper bound.
+        return math.ceil(6000 * (1 - self.source_fraction) * 1.1)
+
 
 class Digits(DataBase):
+    smallest_train_class: ClassVar[int | None] = 174  # the whole bundled set; the test split comes off it
+    num_classes: ClassVar[int | None] = 10
+    reads_root: ClassVar[bool] = False  # bundled with scikit-learn
     name: Literal["digits"] = "digits"
     test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
 
+    def labelable_per_class(self) -> int | None:
+        return math.ceil(174 * (1 - self.test_fraction))  # the split is stratified
+
 
 class CIFAR10(DataBase):
+    smallest_train_class: ClassVar[int | None] = 5000
+    num_classes: ClassVar[int | None] = 10
     name: Literal["cifar10"] = "cifar10"
 
 
 class CIFAR100(DataBase):
+    smallest_train_class: ClassVar[int | None] = 500
+    num_classes: ClassVar[int | None] = 100
     name: Literal["cifar100"] = "cifar100"
 
 
 class SVHN(DataBase):
+    smallest_train_class: ClassVar[int | None] = 4659
+    num_classes: ClassVar[int | None] = 10
     name: Literal["svhn"] = "svhn"
 
 
 class STL10(DataBase):
+    smallest_train_class: ClassVar[int | None] = 500
+    num_classes: ClassVar[int | None] = 10
     name: Literal["stl10"] = "stl10"
 
 
