@@ -87,7 +87,9 @@ def tracking_block(tracking_uri: str, experiment: str | None = None) -> Any:
     from schemas.training import Tracking
 
     fields = {"tracking_uri": tracking_uri} | ({} if experiment is None else {"experiment": experiment})
-    return validate_block(Tracking, fields, "tracking", {"tracking_uri": "--tracking-uri", "experiment": "--experiment"})
+    return validate_block(
+        Tracking, fields, "tracking", {"tracking_uri": "--tracking-uri", "experiment": "--experiment"}
+    )
 
 
 def _load(recipe: Path, overrides: list[str] | None) -> Any:

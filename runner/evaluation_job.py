@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from safetensors.torch import load_file
 
 from runner.build import prepare_data
@@ -12,6 +15,28 @@ from runner.runtime import autocast_factory, configure, select_device
 from runner.session import WEIGHTS_ARTIFACT, recipe_of_run
 from schemas import UserError
 from schemas.training import Tracking
+
+
+def load_weights(classifier: torch.nn.Module, path: Path, device: torch.device) -> None:
+    """Load safetensors weights into `classifier`; an unreadable or mismatched file is one UserError line."""
+    remedy = "re-download or re-log the run's weights, or re-run its recipe with `metassl run`"
+    try:
+        weights = load_file(str(path), device=str(device))
+    except Exception as exc:  # SafetensorError, a truncated header, an unknown dtype
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(f"weights {path} are unreadable ({reason}); {remedy}") from None
+    expected = classifier.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(key for key in set(expected) & set(weights) if weights[key].shape != expected[key].shape)
+    if missing or unexpected or wrong:
+        problems = [
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        ]
+        raise UserError(f"weights {path} do not fit the run's classifier ({'; '.join(problems)}); {remedy}")
+    classifier.load_state_dict(weights)
 
 
 def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
@@ -27,7 +52,7 @@ def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
     prepared = prepare_data(recipe)
     data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size).to(device)
-    classifier.load_state_dict(load_file(str(weights_path), device=str(device)))
+    load_weights(classifier, weights_path, device)
     result = evaluate(
         classifier,
         data.test_batches(recipe.data.eval_batch_size),

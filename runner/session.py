@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from rich.markup import escape
 
 from runner import environment, faults, interrupts
@@ -212,9 +211,7 @@ def resume_latest(recipe: Recipe) -> RunResult:
     check_store(recipe.tracking)
     run = latest_unfinished_run(recipe.tracking, recipe_hash(recipe))
     if run is None:
-        raise UserError(
-            f"--resume: no unfinished run of recipe '{recipe.name}' in {recipe.tracking.tracking_uri}"
-        )
+        raise UserError(f"--resume: no unfinished run of recipe '{recipe.name}' in {recipe.tracking.tracking_uri}")
     refuse_live_run(run)
     return execute(recipe, resume_run_id=run.info.run_id)
 

@@ -114,12 +114,12 @@ def shown_status(run: Any) -> str:
 def refuse_live_run(run: Any) -> None:
     """Resuming a run whose process still runs would have two processes write one run."""
     tags = run.data.tags
-    if run.info.status == "RUNNING" and tags.get(PID_TAG) and not is_dead(run):
-        if tags.get(HOST_TAG) == socket.gethostname():
-            raise UserError(
-                f"run {run.info.run_id} is still running (pid {tags[PID_TAG]}); stop it first (Ctrl-C or kill"
-                f" {tags[PID_TAG]}), then resume"
-            )
+    alive_here = tags.get(HOST_TAG) == socket.gethostname() and not is_dead(run)
+    if run.info.status == "RUNNING" and tags.get(PID_TAG) and alive_here:
+        raise UserError(
+            f"run {run.info.run_id} is still running (pid {tags[PID_TAG]}); stop it first (Ctrl-C or kill"
+            f" {tags[PID_TAG]}), then resume"
+        )
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -215,14 +215,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def parse_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no Python tags
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"{source}: malformed YAML{where}: {problem}") from None
     except RecursionError:
-        raise RecipeError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels of blocks") from None
+        raise RecipeError(
+            f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels of blocks"
+        ) from None
 
 
 def read_recipe_document(path: Path) -> dict[str, Any]:
