@@ -208,6 +208,7 @@ def ui(
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
     """Open the MLflow UI on this project's store (Ctrl-C stops it)."""
+    tracking_block(tracking_uri)
     command = [
         sys.executable,
         "-m",
@@ -324,14 +325,12 @@ def report(
     from runner.session import quiet_libraries
 
     quiet_libraries()
+    tracking_block(tracking_uri)
     typer.echo(make_report(source, tracking_uri, metric, output))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; a usage error (unknown option, `-o` without a value) is one line too, not a box."""
-    from runner import interrupts
-
-    interrupts.install()
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; a usage error (unknown option, `-o` without a value) is one line too."""
     try:
         code = app(argv, standalone_mode=False, prog_name="metassl")
     except click_exceptions.NoArgsIsHelpError:
@@ -340,10 +339,17 @@ def main(argv: list[str] | None = None) -> None:
         where = exc.ctx.command_path if exc.ctx is not None else "metassl"
         typer.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
         code = 2
-    except click_exceptions.Abort:
+    except typer.Abort:
         typer.echo("interrupted", err=True)
         code = 130
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    from runner import interrupts
+
+    interrupts.install()
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":

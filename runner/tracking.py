@@ -53,9 +53,19 @@ def _store_lock(tracking: Tracking) -> Iterator[None]:
 def _client(tracking: Tracking) -> Any:
     from mlflow.tracking import MlflowClient
 
+    from runner.faults import disk_full
+
     with _store_lock(tracking):
-        client = MlflowClient(tracking_uri=tracking.tracking_uri)
-        client.search_experiments(max_results=1)  # opens the store: creates or migrates its schema, under the lock
+        try:
+            client = MlflowClient(tracking_uri=tracking.tracking_uri)
+            client.search_experiments(max_results=1)  # opens the store: creates or migrates its schema, under the lock
+        except Exception as exc:
+            if disk_full(exc):
+                raise
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"tracking.tracking_uri: cannot open the store {tracking.tracking_uri} ({reason})"
+            ) from None
     return client
 
 

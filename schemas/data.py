@@ -101,11 +101,14 @@ class DataBase(Block):
         per_class = self.labels_per_class or math.ceil((self.total_labels or 0) / self.num_classes)
         holdout = self.validation.per_class if self.validation.source == "holdout" else 0
         if per_class + holdout > available:
-            field = "data.labels_per_class" if self.labels_per_class is not None else "data.total_labels"
+            asked = (
+                f"data.labels_per_class: {per_class}"
+                if self.labels_per_class is not None
+                else f"data.total_labels: {self.total_labels} labels are {per_class}"
+            )
             extra = f" + {holdout} validation" if holdout else ""
             raise ValueError(
-                f"{field}: {per_class}{extra} images per class requested, but {name} has at most {available} per"
-                " class to label; lower it"
+                f"{asked}{extra} images per class, but {name} has at most {available} per class to label; lower it"
             )
         return self
 

@@ -247,7 +247,10 @@ def test_malicious_and_corrupt_checkpoints_are_refused_without_running_anything(
             f"error: checkpoint {checkpoint} is not a metassl checkpoint; {remedy}",
         ),
         "empty": (lambda: checkpoint.write_bytes(b""), f"error: checkpoint {checkpoint} is empty; {remedy}"),
-        "truncated": (lambda: checkpoint.write_bytes(good[: len(good) // 2]), f"error: checkpoint {checkpoint} is unreadable ("),
+        "truncated": (
+            lambda: checkpoint.write_bytes(good[: len(good) // 2]),
+            f"error: checkpoint {checkpoint} is unreadable (",
+        ),
     }  # fmt: skip
     try:
         for name, (damage, expected) in cases.items():
