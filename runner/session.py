@@ -223,5 +223,5 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # It logs a traceback before raising on a store it cannot open; the CLI reports that error in one line.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)
+    # It logs a traceback before re-raising a store error (unopenable, disk full); the CLI reports it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
