@@ -32,6 +32,9 @@ def digits() -> tuple[Any, Any, Digits]:
     return splits, make_label_split(splits.train.labels, len(splits.classes), config, seed=0), config
 
 
+GENERATIVE = ("generative", "metassl")
+
+
 def digits_context(digits: tuple[Any, Any, Digits], method: dict[str, Any], seed: int = 0) -> TrainContext:
     splits, split, config = digits
     recipe = validate_recipe(
@@ -41,12 +44,14 @@ def digits_context(digits: tuple[Any, Any, Digits], method: dict[str, Any], seed
             "data": config.model_dump(),
             "classifier": {"name": "small_cnn", "width": 8},
             "method": method,
+            # The recipe must name a generator these methods can use; the test supplies a TinyGenerator.
+            **({"generator": {"name": "local_gan", "path": "unused"}} if method["name"] in GENERATIVE else {}),
         }
     )
     torch.manual_seed(seed)
     data = DeviceData(splits, split, recipe.data, torch.device("cpu"))
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size)
-    generator: Generator | None = TinyGenerator(seed=seed) if method["name"] in ("generative", "metassl") else None
+    generator: Generator | None = TinyGenerator(seed=seed) if method["name"] in GENERATIVE else None
     return TrainContext(
         recipe=recipe,
         classifier=classifier,
