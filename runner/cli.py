@@ -143,7 +143,7 @@ def run(
 @app.command()
 @user_errors
 def validate(recipe: RecipeArg, override: Overrides = None) -> None:
-    """Check a recipe without any torch work (and that its tracking store is writable)."""
+    """Check a recipe without any torch work, and that its tracking store is writable (or its server answers)."""
     from runner.tracking import check_store
 
     loaded = _load(recipe, override)

@@ -138,6 +138,23 @@ def test_sigterm_during_start_up_ends_cleanly(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_sigterm_just_after_training_ends_cleanly(tmp_path: Path):
+    process = start("run", DIGITS, *SCHEDULE, *tracking_overrides(tmp_path))
+    wait_for(lambda: last_step(tmp_path, "test/accuracy") >= 300, process)  # training is over; outputs are logged
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    (run,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name("metassl").experiment_id])
+    if process.returncode == 0:  # the signal came while the outputs were logged: they finish first
+        assert run.info.status == "FINISHED"
+    else:
+        assert process.returncode == 130 and run.info.status == "KILLED"
+        assert RESUME_LINE.match(one_error_line(stderr))[1] == "300"
+        resumed = metassl("run", "--resume", run.info.run_id, "--tracking-uri", store_uri(tmp_path))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_sigkilled_run_shows_dead_and_resumes_with_every_step_once(tmp_path: Path, uninterrupted: dict[str, float]):
     process = start("run", DIGITS, *SCHEDULE, *tracking_overrides(tmp_path))
     # Kill once metrics were logged past the last checkpoint (a multiple of 50): a resume replays those steps.
