@@ -133,6 +133,7 @@ def execute(
             if resume_run_id is None:
                 _log_run_inputs(tracker, components)
             else:
+                tracker.skip_logged_steps()
                 console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
             console.print(f"run {tracker.run_id}: {escape(recipe.name)} on {components.device}")
             evaluation = train(components, tracker, checkpoint_file, state)

@@ -182,12 +182,6 @@ def _probe_server(uri: str) -> None:
         ) from None
 
 
-def _last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
-    """Per metric, the last step already in the run (a killed run may have logged past its checkpoint)."""
-    keys = client.get_run(run_id).data.metrics
-    return {key: max(point.step for point in client.get_metric_history(run_id, key)) for key in keys}
-
-
 def _end_run(client: Any, run_id: str, status: str) -> bool:
     """Set the final status; False when even that fails (the store's disk is full, the server is gone)."""
     try:
@@ -237,15 +231,13 @@ class Tracker:
         if resume_run_id is not None:
             client.update_run(resume_run_id, status="RUNNING")
             run_id = resume_run_id
-            logged_through = _last_logged_steps(client, run_id)
         else:
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags[PARENT_TAG] = parent_run_id
             run = client.create_run(_experiment_id(client, tracking), tags=all_tags, run_name=run_name)
-            run_id, logged_through = run.info.run_id, {}
+            run_id = run.info.run_id
         tracker = cls(client, run_id)
-        tracker.logged_through = logged_through
         try:
             tracker.set_tags(owner_tags())
             yield tracker
@@ -267,6 +259,16 @@ class Tracker:
     def artifact_dir(self) -> Path:
         """The run's local artifact folder (the store is local: `mlruns/`)."""
         return local_artifact_dir(self.client, self.run_id)
+
+    def skip_logged_steps(self) -> None:
+        """From now on, drop metric points at or before the last step already logged for that metric.
+
+        A resumed run replays the iterations after its checkpoint; a killed run may have logged some of them.
+        """
+        keys = self.client.get_run(self.run_id).data.metrics
+        self.logged_through = {
+            key: max(point.step for point in self.client.get_metric_history(self.run_id, key)) for key in keys
+        }
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
