@@ -15,6 +15,11 @@ import typer
 from runner.tracking import FINAL_ACCURACY
 from schemas import UserError
 
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer with click as a dependency
+    import click.exceptions as click_exceptions  # type: ignore[no-redef]
+
 app = typer.Typer(
     name="metassl",
     help="Generative semi-supervised learning from YAML recipes, tracked in MLflow.",
@@ -35,27 +40,57 @@ Overrides = Annotated[
 ]
 TrackingUri = Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI of the store to read runs from")]
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MAX_ERROR_CHARS = 2000  # an error is read, not scrolled: 200k unknown keys must not print megabytes
+
+
+def one_line(message: str) -> str:
+    message = " ".join(message.split())
+    if len(message) > MAX_ERROR_CHARS:
+        cut = len(message) - MAX_ERROR_CHARS
+        message = f"{message[:MAX_ERROR_CHARS]}... ({cut} more characters)"
+    return message
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code=2)
 
 
 def user_errors(command: Command) -> Command:
-    """Print a UserError as one line on stderr and exit 2; Ctrl-C exits 130. No tracebacks for bad input."""
+    """Print a UserError (or a full disk, an unwritable file) as one line on stderr and exit 2; a stop by
+    signal exits 130 with what was saved. No tracebacks for bad input."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from runner.faults import describe_os_error
+
         try:
             return command(*args, **kwargs)
         except UserError as exc:
             fail(str(exc))
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+        except KeyboardInterrupt as exc:
+            from runner.interrupts import Interrupted
+
+            typer.echo(str(exc) if isinstance(exc, Interrupted) else "interrupted", err=True)
             raise typer.Exit(code=130) from None
+        except Exception as exc:
+            described = describe_os_error(exc)
+            if described is None:
+                raise
+            fail(described)
 
     return wrapper  # type: ignore[return-value]
+
+
+def tracking_block(tracking_uri: str, experiment: str | None = None) -> Any:
+    """A `Tracking` from command-line options, validated like a recipe's `tracking` block."""
+    from schemas import validate_block
+    from schemas.training import Tracking
+
+    fields = {"tracking_uri": tracking_uri} | ({} if experiment is None else {"experiment": experiment})
+    return validate_block(
+        Tracking, fields, "tracking", {"tracking_uri": "--tracking-uri", "experiment": "--experiment"}
+    )
 
 
 def _load(recipe: Path, overrides: list[str] | None) -> Any:
@@ -99,7 +134,6 @@ def run(
     """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
     from runner import session
     from runner.tracking import quiet_libraries
-    from schemas.training import Tracking
 
     quiet_libraries()
     if resume is not None and recipe is not None:
@@ -110,7 +144,7 @@ def run(
         if resume.endswith((".yaml", ".yml")) or Path(resume).exists():
             result = session.resume_latest(_with_store(_load(Path(resume), override), tracking_uri))
         else:
-            result = session.resume(resume, Tracking(tracking_uri=tracking_uri or DEFAULT_TRACKING_URI))
+            result = session.resume(resume, tracking_block(tracking_uri or DEFAULT_TRACKING_URI))
     else:
         extra_tags = dict(item.partition("=")[::2] for item in tag or [])
         result = session.execute(
@@ -124,8 +158,11 @@ def run(
 @app.command()
 @user_errors
 def validate(recipe: RecipeArg, override: Overrides = None) -> None:
-    """Check a recipe without any torch work."""
+    """Check a recipe without any torch work, and that its tracking store is writable (or its server answers)."""
+    from runner.tracking import check_store
+
     loaded = _load(recipe, override)
+    check_store(loaded.tracking)
     typer.echo(
         f"ok: {recipe} is a valid recipe ({loaded.method.name} on {loaded.data.name}, "
         f"{loaded.schedule.iterations} iterations)"
@@ -190,10 +227,10 @@ def ui(
     For a tracking server (http://...), it points at the server's own UI instead.
     """
     from runner.tracking import check_store, is_server
-    from schemas.training import Tracking
 
+    tracking = tracking_block(tracking_uri)
     if is_server(tracking_uri):
-        check_store(Tracking(tracking_uri=tracking_uri))
+        check_store(tracking)
         typer.echo(
             f"{tracking_uri} is an MLflow server: its UI is at {tracking_uri.rstrip('/')}"
             "/#/experiments?workflowType=machine_learning"
@@ -222,12 +259,11 @@ def runs(
     limit: Annotated[int, typer.Option(help="how many runs")] = 20,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
-    """List recent runs with their status and final accuracy."""
-    from runner.tracking import list_runs, quiet_libraries
-    from schemas.training import Tracking
+    """List recent runs with their status and final accuracy; DEAD: RUNNING, but its process is gone (resume it)."""
+    from runner.tracking import list_runs, quiet_libraries, shown_status
 
     quiet_libraries()
-    found_runs = list_runs(Tracking(experiment=experiment, tracking_uri=tracking_uri), limit)
+    found_runs = list_runs(tracking_block(tracking_uri, experiment), limit)
     if not found_runs:
         typer.echo(f"no runs in experiment '{experiment}' of {tracking_uri}")
         return
@@ -235,7 +271,7 @@ def runs(
     for found in found_runs:
         accuracy = found.data.metrics.get(FINAL_ACCURACY)
         shown = "-" if accuracy is None else f"{accuracy:.4f}"
-        typer.echo(f"{found.info.run_id:<32}  {found.info.status:<9} {shown:>8}  {found.info.run_name}")
+        typer.echo(f"{found.info.run_id:<32}  {shown_status(found):<9} {shown:>8}  {found.info.run_name}")
 
 
 @app.command("eval")
@@ -247,10 +283,9 @@ def evaluate_run(
     """Re-evaluate a finished run's logged weights on its test split."""
     from runner.evaluation_job import evaluate_logged_run
     from runner.tracking import quiet_libraries
-    from schemas.training import Tracking
 
     quiet_libraries()
-    report = evaluate_logged_run(run_id, Tracking(tracking_uri=tracking_uri))
+    report = evaluate_logged_run(run_id, tracking_block(tracking_uri))
     typer.echo(report)
 
 
@@ -358,6 +393,7 @@ def report(
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
+    tracking_block(tracking_uri)
     if RUN_ID.match(source):
         from runner.tracking import tracking_of_run
         from runner.tune_report import is_study_parent, study_report
@@ -405,8 +441,27 @@ def tune(
     typer.echo(summary(plan, study, parent_of(plan)))
 
 
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; a usage error (unknown option, `-o` without a value) is one line too."""
+    try:
+        code = app(argv, standalone_mode=False, prog_name="metassl")
+    except click_exceptions.NoArgsIsHelpError:
+        code = 2  # the help is printed already
+    except click_exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "metassl"
+        typer.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
+        code = 2
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        code = 130
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
-    app()
+    from runner import interrupts
+
+    interrupts.install()
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from runner.build import prepare_data
@@ -18,6 +19,31 @@ from schemas import UserError
 from schemas.training import Tracking
 
 
+def load_weights(classifier: torch.nn.Module, path: Path, device: torch.device, label: str | None = None) -> None:
+    """Load safetensors weights into `classifier`; an unreadable or mismatched file is one UserError line.
+
+    `label` names the file in that line (an artifact of a run, rather than the temp file it was fetched to)."""
+    name = label or str(path)
+    remedy = "re-download or re-log the run's weights, or re-run its recipe with `metassl run`"
+    try:
+        weights = load_file(str(path), device=str(device))
+    except Exception as exc:  # SafetensorError, a truncated header, an unknown dtype
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(f"weights {name} are unreadable ({reason}); {remedy}") from None
+    expected = classifier.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(key for key in set(expected) & set(weights) if weights[key].shape != expected[key].shape)
+    if missing or unexpected or wrong:
+        problems = [
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        ]
+        raise UserError(f"weights {name} do not fit the run's classifier ({'; '.join(problems)}); {remedy}")
+    classifier.load_state_dict(weights)
+
+
 def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
     logged_run = recipe_of_run(run_id, tracking)
     recipe, run = logged_run.recipe, logged_run.run
@@ -27,13 +53,12 @@ def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
             raise UserError(
                 f"run {run_id} has no {WEIGHTS_ARTIFACT}; only finished runs with tracking.log_model have weights"
             )
-        weights = load_file(str(weights_path), device="cpu")
-    device = select_device(recipe.runtime)
-    configure(recipe.runtime, recipe.seed, device)
-    prepared = prepare_data(recipe)
-    data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
-    classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size).to(device)
-    classifier.load_state_dict(weights)
+        device = select_device(recipe.runtime)
+        configure(recipe.runtime, recipe.seed, device)
+        prepared = prepare_data(recipe)
+        data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
+        classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size)
+        load_weights(classifier.to(device), weights_path, device, f"{WEIGHTS_ARTIFACT} of run {run_id}")
     result = evaluate(
         classifier,
         data.test_batches(recipe.data.eval_batch_size),

@@ -14,12 +14,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from runner import interrupts
 from runner.build import Components
 from runner.checkpoint import CHECKPOINT_DIR, save_checkpoint
 from runner.evaluate import Evaluation, evaluate
 from runner.runtime import rng_state, set_rng_state
 from runner.tracking import Tracker
 from runner.train_step import grad_scaler, train_step
+from schemas import UserError
 
 console = Console(stderr=True)
 
@@ -85,6 +87,30 @@ def _mean_metrics(window: dict[str, list[Any]]) -> dict[str, float]:
     }
 
 
+class Diverged(UserError):
+    """A non-finite loss: the run stops before logging, evaluating or saving anything computed from it."""
+
+
+def ensure_finite(unchecked: list[torch.Tensor], iteration: int, lr: float) -> None:
+    """Raise Diverged at the first non-finite loss among the last `len(unchecked)` iterations ending at `iteration`.
+
+    Checked in a batch before anything is logged or saved: one device sync per check, not one per iteration.
+    """
+    if not unchecked:
+        return
+    finite = torch.isfinite(torch.stack([loss.float() for loss in unchecked]))
+    if bool(finite.all()):
+        unchecked.clear()
+        return
+    first = int((~finite).nonzero()[0])
+    value = float(unchecked[first])
+    at = iteration - len(unchecked) + first + 1
+    raise Diverged(
+        f"training diverged: the loss is {value} at iteration {at}; lower optim.classifier.lr ({lr:g} now) or set"
+        " optim.grad_clip (the run is marked FAILED; its last checkpoint predates the divergence)"
+    )
+
+
 def run_evaluation(components: Components, split: str = "test") -> Evaluation:
     """Evaluate on the test split, or on the held-out validation split (`val`) used for tuning."""
     data = components.data
@@ -112,6 +138,7 @@ def train(
     window: dict[str, list[Any]] = defaultdict(list)
     window_start, window_steps = time.perf_counter(), 0
     evaluation: Evaluation | None = None
+    unchecked: list[torch.Tensor] = []  # losses not yet checked to be finite
     classifier.train()
 
     with _progress(schedule.iterations) as progress:
@@ -120,6 +147,7 @@ def train(
         )
         for iteration in range(state.iteration, schedule.iterations):
             loss, metrics = train_step(components, iteration, scaler)
+            unchecked.append(loss.detach())
 
             window["loss/total"].append(loss.detach())
             for key, value in metrics.items():
@@ -127,6 +155,10 @@ def train(
             window_steps += 1
             state.iteration = iteration + 1
             done = state.iteration == schedule.iterations
+            stop = interrupts.requested()
+            due = (schedule.log_every, schedule.eval_every, schedule.checkpoint_every)
+            if done or stop or any(state.iteration % every == 0 for every in due):
+                ensure_finite(unchecked, state.iteration, components.optimizer.param_groups[0]["lr"])
 
             if state.iteration % schedule.log_every == 0 or done:
                 if components.device.type == "cuda":
@@ -166,10 +198,12 @@ def train(
                     )
                 window_start = time.perf_counter()  # evaluation time is not training throughput
 
-            if state.iteration % schedule.checkpoint_every == 0 or done:
+            if state.iteration % schedule.checkpoint_every == 0 or done or stop:
                 save_checkpoint(checkpoint_file, checkpoint_state(components, state, tracker.run_id))
                 tracker.log_artifact(checkpoint_file, CHECKPOINT_DIR)
             progress.update(task, completed=state.iteration)
+            if stop:
+                raise interrupts.Interrupted(f"interrupted at iteration {state.iteration}/{schedule.iterations}")
 
     if evaluation is None:  # resumed from a checkpoint taken at the very end
         evaluation = run_evaluation(components)

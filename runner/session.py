@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
-from runner import environment
+from rich.markup import escape
+
+from runner import environment, faults, interrupts
 from runner.build import Components, build_components, prepare_data
 from runner.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
 from runner.evaluate import Evaluation
@@ -24,8 +24,11 @@ from runner.tracking import (
     RECIPE_ARTIFACT,
     Tracker,
     check_store,
+    download_artifact,
+    find_run,
     latest_unfinished_run,
     recipe_of_run,
+    refuse_live_run,
 )
 from schemas import Recipe, UserError, recipe_to_dict
 from schemas.training import Tracking
@@ -57,10 +60,6 @@ def run_tags(recipe: Recipe) -> dict[str, str]:
         "generator": recipe.generator.name,
         "metassl.recipe_hash": recipe_hash(recipe),
     }
-
-
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _log_run_inputs(tracker: Tracker, components: Components) -> None:
@@ -113,40 +112,80 @@ def execute(
     `on_validation(iteration, val_accuracy)` is called at each evaluation (tuning prunes through it).
     """
     started = time.perf_counter()
-    check_store(recipe.tracking)  # a dead tracking server fails now, not after loading the data
+    check_store(recipe.tracking)  # a read-only or unreachable store fails before any data loads
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
     ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)
     components = build_components(recipe, prepared)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="metassl-run-") as scratch,
-            Tracker.open(
-                recipe.tracking,
-                run_name=recipe.tracking.run_name or recipe.name,
-                tags={**run_tags(recipe), **(extra_tags or {})},
-                resume_run_id=resume_run_id,
-                parent_run_id=parent_run_id,
-            ) as tracker,
-        ):
-            # The checkpoint is written here, then logged to the run's artifact store (local or a server).
-            checkpoint_file = checkpoint_path(Path(scratch))
-            state = LoopState()
-            if resume_run_id is None:
-                _log_run_inputs(tracker, components)
-            else:
-                downloaded = tracker.download(f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", Path(scratch))
-                checkpoint = None if downloaded is None else load_checkpoint(downloaded)
-                if checkpoint is not None:
-                    state = restore_state(components, checkpoint)
-                console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
-            console.print(f"run {tracker.run_id}: {recipe.name} on {components.device}")
-            evaluation = train(components, tracker, checkpoint_file, state, on_validation)
-            _log_run_outputs(tracker, components, evaluation, state)
-            run_id = tracker.run_id
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run_id = resume_run_id
+    tracker: Tracker | None = None
+    # The checkpoint is written in `scratch`, then logged to the run's artifact store (local or a server).
+    with tempfile.TemporaryDirectory(prefix="metassl-run-") as scratch:
+        state = LoopState()
+        if resume_run_id is not None:  # a bad checkpoint fails here, before the run's status changes
+            state = _restored_state(recipe, resume_run_id, components, Path(scratch))
+        try:
+            with (
+                interrupts.deferred(),
+                Tracker.open(
+                    recipe.tracking,
+                    run_name=recipe.tracking.run_name or recipe.name,
+                    tags={**run_tags(recipe), **(extra_tags or {})},
+                    resume_run_id=resume_run_id,
+                    parent_run_id=parent_run_id,
+                ) as tracker,
+            ):
+                run_id = tracker.run_id
+                checkpoint_file = checkpoint_path(Path(scratch))
+                if resume_run_id is None:
+                    _log_run_inputs(tracker, components)
+                else:
+                    tracker.skip_logged_steps()
+                    console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
+                console.print(f"run {tracker.run_id}: {escape(recipe.name)} on {components.device}")
+                evaluation = train(components, tracker, checkpoint_file, state, on_validation)
+                if interrupts.requested():
+                    raise interrupts.Interrupted(f"interrupted after the last iteration ({state.iteration})")
+                _log_run_outputs(tracker, components, evaluation, state)
+        except KeyboardInterrupt as exc:
+            if run_id is None:
+                raise
+            done = str(exc) if isinstance(exc, interrupts.Interrupted) else "interrupted"
+            raise interrupts.Interrupted(
+                f"{done}; run {run_id} saved and marked KILLED; continue it with: "
+                f"metassl run --resume {run_id} --tracking-uri {recipe.tracking.tracking_uri}"
+            ) from None
+        except Exception as exc:
+            if run_id is None or tracker is None or not faults.disk_full(exc):
+                raise
+            status = (
+                "is marked FAILED"
+                if tracker.ended_as == "FAILED"
+                else "could not be marked FAILED as its store is on the full disk (`metassl runs` shows it DEAD)"
+            )
+            raise UserError(
+                f"no space left on the disk ({faults.full_disk_location(exc)}); run {run_id} {status}; its last"
+                f" checkpoint is intact: free some space, then continue with: metassl run --resume {run_id}"
+                f" --tracking-uri {recipe.tracking.tracking_uri}"
+            ) from None
     return RunResult(run_id, evaluation.accuracy, time.perf_counter() - started, evaluation)
+
+
+def _restored_state(recipe: Recipe, run_id: str, components: Components, scratch: Path) -> LoopState:
+    """The loop state from the run's checkpoint (a fresh start if it has none); a damaged one is a UserError."""
+    client, _ = find_run(recipe.tracking, run_id)
+    artifact = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+    path = download_artifact(client, run_id, artifact, scratch)
+    checkpoint = None if path is None else load_checkpoint(path, f"{artifact} of run {run_id}")
+    if checkpoint is None:
+        return LoopState()
+    try:
+        return restore_state(components, checkpoint)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"checkpoint {artifact} of run {run_id} does not fit this recipe ({reason}); delete it to resume from the"
+            " start of the run, or start a new run with `metassl run RECIPE`"
+        ) from None
 
 
 def resume(run_id: str, tracking: Tracking) -> RunResult:
@@ -154,11 +193,14 @@ def resume(run_id: str, tracking: Tracking) -> RunResult:
     recipe, run = logged.recipe, logged.run
     if run.info.status == "FINISHED":
         raise UserError(f"run {run_id} already finished; start a new one with `metassl run` on its recipe")
+    refuse_live_run(run)
     return execute(recipe, resume_run_id=run_id)
 
 
 def resume_latest(recipe: Recipe) -> RunResult:
-    run_id = latest_unfinished_run(recipe.tracking, recipe_hash(recipe))
-    if run_id is None:
+    check_store(recipe.tracking)
+    run = latest_unfinished_run(recipe.tracking, recipe_hash(recipe))
+    if run is None:
         raise UserError(f"--resume: no unfinished run of recipe '{recipe.name}' in {recipe.tracking.tracking_uri}")
-    return execute(recipe, resume_run_id=run_id)
+    refuse_live_run(run)
+    return execute(recipe, resume_run_id=run.info.run_id)

@@ -129,7 +129,7 @@ class Runner:
         with open(stdout, "wb") as out, open(log, "wb") as err:
             command = child_command(self.plan, child, self.parent_run_id)
             process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        console.print(f"[{child.index + 1}/{len(self.plan.children)}] {child.key}: started")
+        console.print(f"[{child.index + 1}/{len(self.plan.children)}] {child.key}: started", markup=False)
         return Launched(child, process, time.time(), stdout, log)
 
     @staticmethod
@@ -277,7 +277,9 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
     with Tracker.open(plan.tracking, run_name=plan.name, tags=new_tags, resume_run_id=parent_id) as tracker:
         if parent_id is None or created:
             _log_parent_inputs(tracker, plan)
-        console.print(f"sweep {plan.identity}: parent run {tracker.run_id} ({len(plan.children)} children)")
+        console.print(
+            f"sweep {plan.identity}: parent run {tracker.run_id} ({len(plan.children)} children)", markup=False
+        )
         finished = _finished_keys(plan, tracker.run_id)
         todo = []
         for child in plan.children:
@@ -289,9 +291,13 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
                 todo.append(child)
         for child in plan.children:
             if child.status == "FAILED":
-                console.print(f"[{child.index + 1}/{len(plan.children)}] {child.key}: invalid: {child.error}")
+                console.print(
+                    f"[{child.index + 1}/{len(plan.children)}] {child.key}: invalid: {child.error}", markup=False
+                )
             elif child.status == "SKIPPED":
-                console.print(f"[{child.index + 1}/{len(plan.children)}] {child.key}: already finished, skipped")
+                console.print(
+                    f"[{child.index + 1}/{len(plan.children)}] {child.key}: already finished, skipped", markup=False
+                )
 
         def on_done(outcome: Outcome) -> None:
             _record(plan, tracker.run_id, outcome)
@@ -303,7 +309,9 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
                 shown = f"FAILED: {child.error}"
             else:
                 shown = f"finished: test accuracy {child.accuracy:.4f}" if child.accuracy is not None else "finished"
-            console.print(f"[{child.index + 1}/{len(plan.children)}] {child.key}: {shown} ({child.seconds:.1f} s)")
+            console.print(
+                f"[{child.index + 1}/{len(plan.children)}] {child.key}: {shown} ({child.seconds:.1f} s)", markup=False
+            )
             _log_parent_progress(tracker, plan)
 
         for child in todo:  # here, once, rather than in every child at the same time

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import socket
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -29,6 +34,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs a traceback before re-raising a store error (unopenable, disk full); the CLI reports it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 PROBE_TIMEOUT_SECONDS = 5
@@ -57,36 +64,119 @@ def _quick_http_requests() -> Iterator[None]:
 
 
 def _probe(client: Any, uri: str) -> None:
-    """Fail in seconds, with one line, when a tracking server does not answer (once per process and URI)."""
+    """Fail in seconds, with one line, when a tracking server does not answer (once per process and URI).
+
+    A plain HTTP request first, for a clear reason (connection refused, timed out); then one MLflow call with
+    retries off, since MLflow's own client would retry an unreachable server for minutes.
+    """
     if uri in _reachable:
         return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_SECONDS):
+            pass
+    except urllib.error.HTTPError:
+        pass  # something answers; the MLflow call below says whether it is MLflow
+    except (urllib.error.URLError, OSError) as exc:
+        _unreachable(uri, str(getattr(exc, "reason", exc)))
     try:
         with _quick_http_requests():
             client.search_experiments(max_results=1)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise UserError(
-            f"tracking.tracking_uri: the MLflow server at {uri} does not answer ({reason}); "
-            "start it (mlflow server --serve-artifacts ...) or fix the URI"
-        ) from None
+        _unreachable(uri, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
     _reachable.add(uri)
 
 
+def _unreachable(uri: str, reason: str) -> None:
+    raise UserError(
+        f"tracking.tracking_uri: no MLflow server answers at {uri} ({reason}); start one (mlflow server) or fix the URI"
+    )
+
+
+# Who runs a RUNNING run, so `metassl runs` can tell a dead one (SIGKILL, out of memory) from a live one.
+HOST_TAG, PID_TAG, PID_START_TAG = "metassl.host", "metassl.pid", "metassl.pid_start"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
+
+
+@contextmanager
+def _store_lock(tracking: Tracking) -> Iterator[None]:
+    """Serialize creating a SQLite store, its schema migration, and creating an experiment across processes.
+
+    MLflow migrates a fresh database on first open; two processes doing it at once corrupt each other's work.
+    """
+    database = _sqlite_path(tracking.tracking_uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(database.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def _client(tracking: Tracking) -> Any:
+    """A client on the store, opened now: a server must answer, a local store is created or migrated under a lock."""
     from mlflow.tracking import MlflowClient
 
+    from runner.faults import disk_full
+
     uri = tracking.tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
     if is_server(uri):
+        client = MlflowClient(tracking_uri=uri)
         _probe(client, uri)
+        return client
+    with _store_lock(tracking):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # opens the store: creates or migrates its schema, under the lock
+        except Exception as exc:
+            if disk_full(exc):
+                raise
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"tracking.tracking_uri: cannot open the store {uri} ({reason})") from None
     return client
 
 
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _unwritable(path: Path) -> str | None:
+    target = _nearest_existing(path)
+    if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
+        return f"{target} is not writable"
+    if target != path.absolute() and target.is_file():
+        return f"{target} is a file, not a folder"
+    return None
+
+
 def check_store(tracking: Tracking) -> None:
-    """Reach the tracking store now (a one-line UserError if a server is down), before any slow work."""
-    _client(tracking)
+    """Fail fast, in one line, on a store a run could not write to (read-only), or a server that does not answer.
+
+    It runs before any data loads, and from `metassl validate`.
+    """
+    database = _sqlite_path(tracking.tracking_uri)
+    if database is not None:
+        problem = _unwritable(database) or _unwritable(database.parent)
+        if problem:
+            raise UserError(f"tracking.tracking_uri: the store {tracking.tracking_uri} is read-only ({problem})")
+    scheme = urlparse(tracking.tracking_uri).scheme
+    if scheme in ("", "file", "sqlite"):
+        problem = _unwritable(Path(tracking.artifact_root))
+        if problem:
+            raise UserError(f"tracking.artifact_root: {tracking.artifact_root} is read-only ({problem})")
+    if is_server(tracking.tracking_uri):
+        _client(tracking)
 
 
 # MLflow 3's experiment kind "Machine learning": UIs that choose the view from this tag open the model-training view
@@ -110,15 +200,70 @@ def _experiment_id(client: Any, tracking: Tracking) -> str:
         folder = (Path(tracking.artifact_root) / tracking.experiment).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         location = folder.as_uri()
+    with _store_lock(tracking):
+        try:
+            return client.create_experiment(
+                tracking.experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND_TAG])
+            )
+        except MlflowException:  # another worker created it between our lookup and create
+            experiment = client.get_experiment_by_name(tracking.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from the original."""
     try:
-        return client.create_experiment(
-            tracking.experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND_TAG])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _process_start(pid) or ""}
+
+
+def is_dead(run: Any) -> bool:
+    """A RUNNING run whose process (on this host) is gone. Runs of other hosts cannot be checked: not dead."""
+    tags = run.data.tags
+    if run.info.status != "RUNNING" or tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG):
+        return False
+    pid = int(tags[PID_TAG])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, owned by another user
+    started = _process_start(pid)
+    return bool(tags.get(PID_START_TAG)) and started is not None and started != tags[PID_START_TAG]
+
+
+def shown_status(run: Any) -> str:
+    return "DEAD" if is_dead(run) else run.info.status
+
+
+def refuse_live_run(run: Any) -> None:
+    """Resuming a run whose process still runs would have two processes write one run."""
+    tags = run.data.tags
+    alive_here = tags.get(HOST_TAG) == socket.gethostname() and not is_dead(run)
+    if run.info.status == "RUNNING" and tags.get(PID_TAG) and alive_here:
+        raise UserError(
+            f"run {run.info.run_id} is still running (pid {tags[PID_TAG]}); stop it first (Ctrl-C or kill"
+            f" {tags[PID_TAG]}), then resume"
         )
-    except MlflowException:  # another worker created it between our lookup and create
-        experiment = client.get_experiment_by_name(tracking.experiment)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+
+
+def _end_run(client: Any, run_id: str, status: str) -> bool:
+    """Set the final status; False when even that fails (the store's disk is full, the server is gone)."""
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception:
+        return False
+    return True
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -143,6 +288,8 @@ class Tracker:
     def __init__(self, client: Any, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.logged_through: dict[str, int] = {}  # metric -> last step already logged; those are not logged again
+        self.ended_as: str | None = None  # the final status, once it is stored
 
     @classmethod
     @contextmanager
@@ -167,19 +314,31 @@ class Tracker:
             run_id = run.info.run_id
         tracker = cls(client, run_id)
         try:
+            tracker.set_tags(owner_tags())
             yield tracker
         except KeyboardInterrupt:
-            client.set_terminated(run_id, status="KILLED")
+            tracker.ended_as = "KILLED" if _end_run(client, run_id, "KILLED") else None
             raise
         except BaseException:
-            client.set_terminated(run_id, status="FAILED")
+            tracker.ended_as = "FAILED" if _end_run(client, run_id, "FAILED") else None
             raise
         client.set_terminated(run_id, status="FINISHED")
+        tracker.ended_as = "FINISHED"
 
     @classmethod
     def attach(cls, tracking: Tracking, run_id: str) -> Tracker:
         """Log more to an existing run without touching its status (a sweep's parent, a report)."""
         return cls(_client(tracking), run_id)
+
+    def skip_logged_steps(self) -> None:
+        """From now on, drop metric points at or before the last step already logged for that metric.
+
+        A resumed run replays the iterations after its checkpoint; a killed run may have logged some of them.
+        """
+        keys = self.client.get_run(self.run_id).data.metrics
+        self.logged_through = {
+            key: max(point.step for point in self.client.get_metric_history(self.run_id, key)) for key in keys
+        }
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -197,7 +356,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(key, _scalar(value), now, step) for key, value in metrics.items()]
+        items = [
+            Metric(key, _scalar(value), now, step)
+            for key, value in metrics.items()
+            if step > self.logged_through.get(key, -1)
+        ]
         for start in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[start : start + 500])
 
@@ -266,11 +429,11 @@ def tracking_of_run(tracking_uri: str, run_id: str) -> tuple[Tracking, Any]:
     return Tracking(tracking_uri=tracking_uri, experiment=experiment.name), run
 
 
-def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> str | None:
-    """The newest run of this recipe that did not finish (to continue with `--resume RECIPE`)."""
+def latest_unfinished_run(tracking: Tracking, recipe_hash: str) -> Any | None:
+    """The newest run of this recipe that did not finish, dead or stopped (to continue with `--resume RECIPE`)."""
     filter_string = f"tags.`metassl.recipe_hash` = '{_quote(recipe_hash)}' and attributes.status != 'FINISHED'"
     runs = _search(tracking, filter_string, ["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
 
 
 def _search(

@@ -9,6 +9,7 @@ from schemas.recipe import (
     recipe_model,
     recipe_to_dict,
     set_override,
+    validate_block,
     validate_recipe,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "recipe_model",
     "recipe_to_dict",
     "set_override",
+    "validate_block",
     "validate_recipe",
 ]

@@ -6,6 +6,6 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Block(BaseModel):
-    """A recipe block. Unknown keys are errors, so a typo never passes silently."""
+    """A recipe block. Unknown keys are errors, so a typo never passes silently; so are `.inf` and `.nan`."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)

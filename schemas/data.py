@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -38,6 +39,11 @@ class Augment(Block):
 
 
 class DataBase(Component, kind="data"):
+    # Images of the smallest class in the built-in train split (None: unknown, e.g. a user's folder).
+    smallest_train_class: ClassVar[int | None] = None
+    num_classes: ClassVar[int | None] = None
+    reads_root: ClassVar[bool] = True
+
     root: Path | None = Field(
         default=None, description="dataset directory; default: the dataset's usual places, then ~/.cache/metassl"
     )
@@ -82,9 +88,51 @@ class DataBase(Component, kind="data"):
                 raise ValueError("data.classes: each class may appear once")
         return self
 
+    @model_validator(mode="after")
+    def _root_is_read(self) -> DataBase:
+        if self.root is not None and not self.reads_root:
+            name = self.model_fields["name"].default
+            raise ValueError(f"data.root: the {name} dataset reads no files, so root would be ignored; remove it")
+        return self
+
+    def labelable_per_class(self) -> int | None:
+        """At most this many images per class can be labeled (None: unknown until the data loads)."""
+        return self.smallest_train_class
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> DataBase:
+        name = self.model_fields["name"].default
+        classes = len(self.classes) if self.classes is not None else self.num_classes
+        if self.total_labels is not None and classes and self.total_labels < classes:
+            raise ValueError(
+                f"data.total_labels: {self.total_labels} labels cannot cover the {classes} classes of {name};"
+                f" use at least {classes}"
+            )
+        if self.classes is not None and self.num_classes and max(self.classes) >= self.num_classes:
+            raise ValueError(f"data.classes: {name} has classes 0..{self.num_classes - 1}; got {max(self.classes)}")
+        available = self.labelable_per_class()
+        if available is None or not classes:
+            return self
+        per_class = self.labels_per_class or math.ceil((self.total_labels or 0) / classes)
+        holdout = self.validation.per_class if self.validation.source == "holdout" else 0
+        if per_class + holdout > available:
+            asked = (
+                f"data.labels_per_class: {per_class}"
+                if self.labels_per_class is not None
+                else f"data.total_labels: {self.total_labels} labels are {per_class}"
+            )
+            extra = f" + {holdout} validation" if holdout else ""
+            raise ValueError(
+                f"{asked}{extra} images per class, but {name} has at most {available} per class to label; lower it"
+            )
+        return self
+
 
 class FashionMNIST(DataBase, builder="runner.data.datasets.fashion_mnist:build_fashion_mnist"):
     """Fashion-MNIST, 28x28 grayscale, 10 classes; part of the train split is reserved as the generator's source."""
+
+    smallest_train_class: ClassVar[int | None] = 6000
+    num_classes: ClassVar[int | None] = 10
 
     name: Literal["fashion_mnist"] = "fashion_mnist"
     source_fraction: float = Field(
@@ -94,35 +142,54 @@ class FashionMNIST(DataBase, builder="runner.data.datasets.fashion_mnist:build_f
         description="fraction of the train split reserved as the generator's source set (never labeled here)",
     )
 
+    def labelable_per_class(self) -> int | None:
+        # The source set is a random (not stratified) draw; 10% slack keeps this an upper bound.
+        return math.ceil(6000 * (1 - self.source_fraction) * 1.1)
+
 
 class Digits(DataBase, builder="runner.data.datasets.digits:build_digits"):
     """sklearn digits, 8x8 grayscale scaled from 0..16 to 0..255, split stratified by `test_fraction`."""
 
+    smallest_train_class: ClassVar[int | None] = 174  # the whole bundled set; the test split comes off it
+    num_classes: ClassVar[int | None] = 10
+    reads_root: ClassVar[bool] = False  # bundled with scikit-learn
+
     name: Literal["digits"] = "digits"
     test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+
+    def labelable_per_class(self) -> int | None:
+        return math.ceil(174 * (1 - self.test_fraction))  # the split is stratified
 
 
 class CIFAR10(DataBase, builder="runner.data.datasets.torchvision_sets:build_cifar10"):
     """CIFAR-10, 32x32 RGB, 10 classes."""
 
+    smallest_train_class: ClassVar[int | None] = 5000
+    num_classes: ClassVar[int | None] = 10
     name: Literal["cifar10"] = "cifar10"
 
 
 class CIFAR100(DataBase, builder="runner.data.datasets.torchvision_sets:build_cifar100"):
     """CIFAR-100, 32x32 RGB, 100 classes."""
 
+    smallest_train_class: ClassVar[int | None] = 500
+    num_classes: ClassVar[int | None] = 100
     name: Literal["cifar100"] = "cifar100"
 
 
 class SVHN(DataBase, builder="runner.data.datasets.torchvision_sets:build_svhn"):
     """SVHN (train and test splits), 32x32 RGB, 10 digit classes."""
 
+    smallest_train_class: ClassVar[int | None] = 4659
+    num_classes: ClassVar[int | None] = 10
     name: Literal["svhn"] = "svhn"
 
 
 class STL10(DataBase, builder="runner.data.datasets.torchvision_sets:build_stl10"):
     """STL-10, 96x96 RGB, 10 classes, plus its 100k-image unlabeled split."""
 
+    smallest_train_class: ClassVar[int | None] = 500
+    num_classes: ClassVar[int | None] = 10
     name: Literal["stl10"] = "stl10"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
@@ -12,12 +12,15 @@ from schemas.components import Component
 
 
 class GeneratorBase(Component, kind="generator"):
-    pass
+    # What its latents condition on, and whether it has a source classifier (for pseudo-conditional latents).
+    conditioning: ClassVar[Literal["class", "prompt", "none"]] = "class"
+    has_source_classifier: ClassVar[bool] = False
 
 
 class NoGenerator(GeneratorBase, builder="runner.generators.none:build_no_generator"):
     """No generator: for methods that use no synthetic samples."""
 
+    conditioning: ClassVar[Literal["class", "prompt", "none"]] = "none"
     name: Literal["none"] = "none"
 
 
@@ -54,6 +57,7 @@ class SDTurbo(PretrainedSource, builder="runner.generators.sd_turbo:build_sd_tur
     Its latents are noise plus optimizable prompt embeddings.
     """
 
+    conditioning: ClassVar[Literal["class", "prompt", "none"]] = "prompt"
     name: Literal["sd_turbo"] = "sd_turbo"
     model: str = "stabilityai/sd-turbo"
     prompt_template: str = Field(default="a photo of a {}", description="'{}' is replaced by each target class name")
@@ -118,6 +122,7 @@ class Pretrain(Block):
 class LocalGAN(GeneratorBase, builder="runner.generators.local_gan:build_local_gan"):
     """The project's own small one-step generator, trained with `metassl pretrain` on a source split."""
 
+    has_source_classifier: ClassVar[bool] = True
     name: Literal["local_gan"] = "local_gan"
     path: Path = Field(description="directory written by save_pretrained (relative paths: from the working directory)")
     pretrain: Pretrain | None = Field(default=None, description="build the checkpoint on first use if missing")

@@ -6,7 +6,7 @@ docs/METHOD.md), not settings verified against its full text.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
@@ -15,7 +15,7 @@ from schemas.components import Component
 
 
 class MethodBase(Component, kind="method"):
-    pass
+    needs_generator: ClassVar[bool] = False
 
 
 class Supervised(MethodBase, builder="runner.methods.supervised:build_supervised"):
@@ -48,6 +48,7 @@ class LatentInit(Block):
 class Generative(MethodBase, builder="runner.methods.generative:build_generative"):
     """The generative baseline: synthetic unlabeled samples from *fixed* latents (no phase (i))."""
 
+    needs_generator: ClassVar[bool] = True
     name: Literal["generative"] = "generative"
     unsup_loss: Literal["feature_cosine", "fixmatch", "none"] = "feature_cosine"
     lambda_u: float = Field(default=1.0, ge=0.0)

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import difflib
+import re
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from schemas.base import Block
 from schemas.classifiers import ClassifierBase
 from schemas.components import COMPONENT_CONFIGS, KIND_LABELS, load_plugins, registrations
 from schemas.data import DataBase
 from schemas.errors import RecipeError
-from schemas.generators import GeneratorBase, NoGenerator
+from schemas.generators import GeneratorBase, LocalGAN, NoGenerator
 from schemas.methods import MethodBase
-from schemas.training import Optim, Runtime, Schedule, Tracking
+from schemas.training import NAME_MAX, Optim, Runtime, Schedule, Tracking, check_name
+
+FIELD_PATH = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z0-9_]+)+|name|seed")
 
 
 class Recipe(Block):
     """A whole experiment. Component blocks are discriminated unions keyed by `name`."""
 
-    name: str = Field(description="a short name for the experiment; also the default MLflow run name")
-    seed: int = 0
+    name: str = Field(
+        max_length=NAME_MAX, description="a short name for the experiment; also the default MLflow run name"
+    )
+    seed: int = Field(default=0, ge=0, le=2**64 - 1, description="0 to 2**64 - 1 (torch's seed range)")
     data: DataBase
     generator: GeneratorBase = NoGenerator()
     classifier: ClassifierBase
@@ -33,6 +38,46 @@ class Recipe(Block):
     optim: Optim = Optim()
     tracking: Tracking = Tracking()
     runtime: Runtime = Runtime()
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str) -> str:
+        return check_name(name)
+
+    @model_validator(mode="after")
+    def _blocks_fit_together(self) -> Recipe:
+        """Rules across blocks, checked here so `metassl validate` catches them before any data loads."""
+        method, generator, data = self.method, self.generator, self.data
+        if method.needs_generator and isinstance(generator, NoGenerator):
+            choices = ", ".join(sorted(set(COMPONENT_CONFIGS["generator"]) - {"none"}))
+            raise ValueError(f"generator.name: method '{method.name}' needs a generator; set one of: {choices}")
+        latents = getattr(method, "latents", None)
+        if latents is not None and latents.classes != "random" and not isinstance(generator, NoGenerator):
+            if generator.conditioning != "class":
+                raise ValueError(
+                    f"method.latents.classes: '{latents.classes}' needs a class-conditional generator; generator"
+                    f" '{generator.name}' is {generator.conditioning}-conditioned, use 'random'"
+                )
+            if latents.classes == "pseudo" and not generator.has_source_classifier:
+                raise ValueError(
+                    f"method.latents.classes: 'pseudo' needs a generator with a source classifier (local_gan);"
+                    f" generator '{generator.name}' has none, use 'random' or 'uniform'"
+                )
+        if isinstance(generator, LocalGAN) and generator.pretrain is not None:
+            pretrain, fraction = generator.pretrain, getattr(data, "source_fraction", None)
+            if pretrain.dataset == data.name and fraction is not None and pretrain.source_fraction != fraction:
+                raise ValueError(
+                    f"data.source_fraction: {fraction} differs from generator.pretrain.source_fraction"
+                    f" {pretrain.source_fraction}, so labeled images could be in the generator's training set;"
+                    " set them equal"
+                )
+        schedule = self.schedule
+        if hasattr(method, "meta") and schedule.meta.every > schedule.iterations:
+            raise ValueError(
+                f"schedule.meta.every: {schedule.meta.every} exceeds schedule.iterations ({schedule.iterations}),"
+                " so phase (i) would run at most once; lower it"
+            )
+        return self
 
 
 def _union(models: list[type[Block]]) -> Any:
@@ -75,6 +120,10 @@ def _describe(error: dict[str, Any]) -> str:
         loc = [loc[0], *loc[2:]]
     path = ".".join(loc) or "recipe"
     message = error["msg"]
+    if error["type"] == "value_error":  # our own validators: the message names its field when it is not `path`
+        message = str(error["ctx"]["error"])
+        head, colon, _ = message.partition(": ")
+        return message if colon and FIELD_PATH.fullmatch(head) else f"{path}: {message}"
     if error["type"] == "extra_forbidden":
         parent = ".".join(loc[:-1]) or "the recipe"
         message = f"unknown field; remove it or check the spelling of the fields of {parent}"
@@ -82,14 +131,39 @@ def _describe(error: dict[str, Any]) -> str:
         message = "missing required field"
     given = error.get("input")
     if error["type"] not in ("missing", "extra_forbidden") and not isinstance(given, dict | list):
-        message += f" (got {given!r})"
+        shown = repr(given)
+        message += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
     return f"{path}: {message}"
+
+
+MAX_DEPTH = 32  # recipes nest four or five levels; deeper is a mistake (or an attack on the parser)
+MAX_PROBLEMS = 10  # listed per error; the rest are counted
+
+
+def _depth(document: Any) -> int:
+    """Nesting depth of lists and mappings, without recursion (a deep document must not overflow the stack)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def check_document(document: Any, source: str) -> dict[str, Any]:
+    """The parsed YAML is a mapping of sane depth (before overrides or validation touch it)."""
+    if not isinstance(document, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping of fields, got {type(document).__name__}")
+    if _depth(document) > MAX_DEPTH:
+        raise RecipeError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels of blocks")
+    return document
 
 
 def validate_recipe(document: Any, source: str = "recipe") -> Recipe:
     """Validate a parsed recipe; raise RecipeError with one precise line per problem."""
-    if not isinstance(document, dict):
-        raise RecipeError(f"{source}: a recipe is a YAML mapping of fields, got {type(document).__name__}")
+    check_document(document, source)
     try:
         return recipe_model().model_validate(document)
     except ValidationError as exc:
@@ -97,18 +171,52 @@ def validate_recipe(document: Any, source: str = "recipe") -> Recipe:
 
 
 def describe_errors(exc: ValidationError, source: str) -> str:
-    """One line naming every invalid field of a recipe (or any other block) and what is wrong with it."""
-    return f"{source}: " + "; ".join(dict.fromkeys(_describe(error) for error in exc.errors()))
+    """One line naming the invalid fields of a recipe (or any other block), at most MAX_PROBLEMS of them."""
+    lines = list(dict.fromkeys(_describe(error) for error in exc.errors()))
+    more = f"; and {len(lines) - MAX_PROBLEMS} more problems" if len(lines) > MAX_PROBLEMS else ""
+    return f"{source}: " + "; ".join(lines[:MAX_PROBLEMS]) + more
+
+
+def validate_block(model: type[Block], fields: dict[str, Any], kind: str, options: dict[str, str]) -> Any:
+    """Validate one block built from command-line options; errors name the option (`--tracking-uri: ...`)."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            described = _describe({**error, "loc": (kind, *error["loc"])})
+            path, _, message = described.partition(": ")
+            lines.append(f"{options.get(path.removeprefix(kind + '.'), path)}: {message}")
+        raise RecipeError("; ".join(dict.fromkeys(lines))) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (remove one of them)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no Python tags
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"{source}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise RecipeError(
+            f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels of blocks"
+        ) from None
 
 
 def read_recipe_document(path: Path) -> dict[str, Any]:
@@ -116,10 +224,19 @@ def read_recipe_document(path: Path) -> dict[str, Any]:
         raise RecipeError(f"recipe file not found: {path} (check the path; recipes live in recipes/)")
     if path.is_dir():
         raise RecipeError(f"{path} is a directory; pass a recipe .yaml file")
-    document = parse_yaml(path.read_text(), str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); a recipe is a YAML"
+            " text file"
+        ) from None
+    if "\x00" in text:
+        raise RecipeError(f"{path}: a binary file (it contains NUL bytes); a recipe is a YAML text file")
+    document = parse_yaml(text, str(path))
     if document is None:
         raise RecipeError(f"{path}: the recipe is empty")
-    return document
+    return check_document(document, str(path))
 
 
 def set_override(document: dict[str, Any], assignment: str) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlparse
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from schemas.base import Block
 
@@ -60,14 +61,58 @@ class Optim(Block):
     grad_clip: PositiveFloat | None = None
 
 
+NAME_MAX = 250  # MLflow's limit on a run name
+URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
+
+
+def check_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("empty; give it a name")
+    return name
+
+
+def check_tracking_uri(uri: str) -> str:
+    """The store URIs MLflow accepts, with the traps (a bare path, `sqlite://` with two slashes) spelled out."""
+    if not uri.strip():
+        raise ValueError("empty; set an MLflow store such as sqlite:///mlruns/mlflow.db")
+    scheme = urlparse(uri).scheme.lower()
+    if len(scheme) <= 1:  # none, or a Windows drive letter
+        raise ValueError(f"'{uri}' is a path, not a URI; write sqlite:///{uri.lstrip('/')} (a SQLite file) instead")
+    if scheme.split("+", 1)[0] not in URI_SCHEMES:
+        raise ValueError(
+            f"unknown scheme '{scheme}'; use sqlite:///path.db, postgresql://user@host/db, http(s)://host:port"
+            " or file:///path"
+        )
+    if scheme == "sqlite" and (not uri.startswith("sqlite:///") or uri == "sqlite:///"):
+        raise ValueError(
+            f"'{uri}': a SQLite URI has three slashes and a file, sqlite:///relative/path.db or"
+            " sqlite:////absolute/path.db"
+        )
+    if scheme in ("http", "https") and not urlparse(uri).netloc:
+        raise ValueError(f"'{uri}' names no host; write {scheme}://host:port")
+    return uri
+
+
 class Tracking(Block):
-    experiment: str = "metassl"
+    experiment: str = Field(default="metassl", max_length=NAME_MAX)
     tracking_uri: str = Field(default="sqlite:///mlruns/mlflow.db", description="MLflow tracking URI")
     artifact_root: str = Field(
-        default="mlruns", description="where new experiments of a local store keep artifacts (a server keeps its own)"
+        default="mlruns",
+        min_length=1,
+        description="where new experiments of a local store keep artifacts (a server keeps its own)",
     )
-    run_name: str | None = None
+    run_name: str | None = Field(default=None, max_length=NAME_MAX)
     log_model: bool = Field(default=True, description="log the final classifier weights as safetensors")
+
+    @field_validator("experiment", "run_name")
+    @classmethod
+    def _named(cls, name: str | None) -> str | None:
+        return None if name is None else check_name(name)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_uri(cls, uri: str) -> str:
+        return check_tracking_uri(uri)
 
 
 class Runtime(Block):

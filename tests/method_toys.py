@@ -124,6 +124,7 @@ TOY_RECIPE = {
     "name": "toy",
     "data": {"name": "digits"},
     "classifier": {"name": "small_cnn"},
+    "generator": {"name": "local_gan", "path": "unused"},  # the recipe must name one; tests pass their own
     "method": {"name": "metassl"},
 }
 

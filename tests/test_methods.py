@@ -32,6 +32,9 @@ def digits() -> tuple[Any, Any, Digits]:
     return splits, make_label_split(splits.train.labels, len(splits.classes), config, seed=0), config
 
 
+GENERATIVE = ("generative", "metassl")
+
+
 def digits_components(
     digits: tuple[Any, Any, Digits], method: dict[str, Any], seed: int = 0, generator: Generator | None = None
 ) -> Components:
@@ -49,12 +52,14 @@ def digits_components(
                 "classifier": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
                 "lr_schedule": {"name": "constant"},
             },
+            # The recipe must name a generator these methods can use; the test supplies a TinyGenerator.
+            **({"generator": {"name": "local_gan", "path": "unused"}} if method["name"] in GENERATIVE else {}),
         }
     )
     torch.manual_seed(seed)
     data = DeviceData(splits, split, recipe.data, torch.device("cpu"))
     classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size)
-    if generator is None and method["name"] in ("generative", "metassl"):
+    if generator is None and method["name"] in GENERATIVE:
         generator = TinyGenerator(seed=seed)
     return assemble(recipe, data, split, classifier, generator)
 

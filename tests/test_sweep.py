@@ -15,8 +15,8 @@ from schemas import UserError
 from tests.helpers import RECIPES, metassl, tracking_overrides
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
-# labels_per_class=500 passes validation but exceeds digits' ~133 train images per class: those children fail at
-# run time, before they get an MLflow run, while the sweep goes on.
+# labels_per_class=500 exceeds digits' ~131 train images per class: those children are invalid (caught before they
+# start) and recorded FAILED, without an MLflow run, while the sweep goes on.
 GRID = ["--grid", "seed=0,1", "--grid", "data.labels_per_class=1,500"]
 FAST = ["-o", "schedule.iterations=20", "-o", "schedule.eval_every=20", "-o", "runtime.threads=1"]
 PARENT_TAG = "mlflow.parentRunId"

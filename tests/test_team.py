@@ -70,7 +70,7 @@ def test_an_unreachable_server_is_one_line_within_seconds(tmp_path: Path):
     assert result.stderr.startswith("error: tracking.tracking_uri: the MLflow server at http://127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
     listing = metassl("runs", "--tracking-uri", f"http://127.0.0.1:{free_port()}")
-    assert listing.returncode == 2 and "does not answer" in listing.stderr
+    assert listing.returncode == 2 and "no MLflow server answers" in listing.stderr
 
 
 def test_a_claim_has_one_owner_until_given_back(tmp_path: Path):
