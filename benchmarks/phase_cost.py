@@ -3,7 +3,7 @@
     python benchmarks/phase_cost.py --config cpu_demo --output phase_cost_cpu.json
     python benchmarks/phase_cost.py --config all --device cuda --iterations 50 --output phase_cost_cuda.json
 
-Each method runs the loop's own iteration (runner/train_step.py: labeled batch, meta phase, SSL loss, backward,
+Each method runs the loop's own iteration (runner/run/train_step.py: labeled batch, meta phase, SSL loss, backward,
 clipping, optimizer, scheduler and EMA steps) on components built through the real registries, with synthetic
 in-memory data.
 The methods are built side by side and timed one iteration each in turn, so they share the machine's conditions;
@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.setups import METHOD_VARIANTS, SETUPS, Setup, build, build_generator, recipe_for, synthetic_data
-from runner.build import Components
-from runner.environment import git_commit
-from runner.train_step import grad_scaler, train_step
+from runner.run.build import Components
+from runner.run.environment import git_commit
+from runner.run.train_step import grad_scaler, train_step
 
 
 class CpuPeak:
@@ -123,7 +123,7 @@ class Timed:
 
 
 def iteration(timed: Timed, step: int) -> tuple[float, float, int]:
-    """One `runner.train_step.train_step`, as the loop runs it: (meta s, SSL s, images generated in SSL)."""
+    """One `runner.run.train_step.train_step`, as the loop runs it: (meta s, SSL s, images generated in SSL)."""
     components = timed.components
     timed.meta.seconds = 0.0
     start = time.perf_counter()

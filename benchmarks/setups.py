@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from runner.build import Components, assemble
 from runner.classifiers.base import Classifier
 from runner.data.device_data import DeviceData
 from runner.data.split import LabelSplit
 from runner.data.types import DatasetSplits, ImageSet
 from runner.generators.base import Generator
 from runner.registry import CLASSIFIERS, GENERATORS
-from runner.runtime import configure
+from runner.run.build import Components, assemble
+from runner.run.runtime import configure
 from schemas import Recipe, validate_recipe
 
 LOCAL_GAN_PATH = Path(".cache/generators/fashion_mnist_gan")
@@ -169,7 +169,7 @@ def build_generator(setup: Setup, device: torch.device, classes: list[str]) -> t
 
 
 def build(recipe: Recipe, data: tuple[DatasetSplits, LabelSplit], generator: Generator | None) -> Components:
-    """`runner.build.build_components` with synthetic data and an injected generator."""
+    """`runner.run.build.build_components` with synthetic data and an injected generator."""
     device = torch.device("cuda" if recipe.runtime.device == "cuda" else "cpu")
     configure(recipe.runtime, recipe.seed, device)
     splits, split = data

@@ -62,14 +62,14 @@ def user_errors(command: Command) -> Command:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from runner.faults import describe_os_error
+        from runner.run.faults import describe_os_error
 
         try:
             return command(*args, **kwargs)
         except UserError as exc:
             fail(str(exc))
         except KeyboardInterrupt as exc:
-            from runner.interrupts import Interrupted
+            from runner.run.interrupts import Interrupted
 
             typer.echo(str(exc) if isinstance(exc, Interrupted) else "interrupted", err=True)
             raise typer.Exit(code=130) from None
@@ -132,7 +132,7 @@ def run(
     tag: Annotated[list[str] | None, typer.Option("--tag", hidden=True, help="extra run tag KEY=VALUE")] = None,
 ) -> None:
     """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
-    from runner import session
+    from runner.run import session
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
@@ -281,7 +281,7 @@ def evaluate_run(
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
 ) -> None:
     """Re-evaluate a finished run's logged weights on its test split."""
-    from runner.evaluation_job import evaluate_logged_run
+    from runner.run.evaluation_job import evaluate_logged_run
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
@@ -350,8 +350,8 @@ def sweep(
 
     [bold]metassl sweep recipes/digits_tiny.yaml --grid method.name=supervised,fixmatch --grid seed=0,1,2[/bold]
     """
-    from runner.sweep import SweepFailed, run_sweep
-    from runner.sweep_plan import plan_sweep
+    from runner.studies.sweep import SweepFailed, run_sweep
+    from runner.studies.sweep_plan import plan_sweep
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
@@ -389,14 +389,14 @@ def report(
 
     Given a `metassl tune` parent run: the best trials, parameter importances and the optimization history.
     """
-    from runner.report import RUN_ID, make_report
+    from runner.studies.report import RUN_ID, make_report
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
     tracking_block(tracking_uri)
     if RUN_ID.match(source):
+        from runner.studies.tune_report import is_study_parent, study_report
         from runner.tracking import tracking_of_run
-        from runner.tune_report import is_study_parent, study_report
 
         tracking, run = tracking_of_run(tracking_uri, source)
         if is_study_parent(run):
@@ -432,8 +432,8 @@ def tune(
 
     Start the same command on several machines with one --storage postgresql://... to share the study.
     """
+    from runner.studies.tune import parent_of, plan_tune, run_tune, summary
     from runner.tracking import quiet_libraries
-    from runner.tune import parent_of, plan_tune, run_tune, summary
 
     quiet_libraries()
     plan = plan_tune(recipe, space, override or [], name, storage, trials, objective)
@@ -458,7 +458,7 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    from runner import interrupts
+    from runner.run import interrupts
 
     interrupts.install()
     sys.exit(run_cli())

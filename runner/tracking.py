@@ -125,7 +125,7 @@ def _client(tracking: Tracking) -> Any:
     """A client on the store, opened now: a server must answer, a local store is created or migrated under a lock."""
     from mlflow.tracking import MlflowClient
 
-    from runner.faults import disk_full
+    from runner.run.faults import disk_full
 
     uri = tracking.tracking_uri
     if is_server(uri):
@@ -482,7 +482,7 @@ def experiment_runs(tracking: Tracking) -> list[Any]:
 
 
 def create_run(tracking: Tracking, run_name: str, tags: Mapping[str, str]) -> str:
-    """A new run left RUNNING (a candidate parent that several workers race to create; see runner/claims.py)."""
+    """A new run left RUNNING (a candidate parent that several workers race to create; see runner/studies/claims.py)."""
     client = _client(tracking)
     return client.create_run(_experiment_id(client, tracking), tags=dict(tags), run_name=run_name).info.run_id
 

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from runner.build import Components, assemble
 from runner.classifiers.base import Classifier
 from runner.data.split import LabelSplit
 from runner.generators.base import Generator, LatentSpec
+from runner.run.build import Components, assemble
 from schemas import validate_recipe
 
 SIZE = 4

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from runner.build import build_components, prepare_data
-from runner.train_step import grad_scaler, train_step
+from runner.run.build import build_components, prepare_data
+from runner.run.train_step import grad_scaler, train_step
 from schemas import validate_recipe
 
 pytestmark = [

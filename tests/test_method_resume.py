@@ -11,7 +11,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from runner.checkpoint import load_checkpoint
+from runner.run.checkpoint import load_checkpoint
 from tests.helpers import kill_after_first_checkpoint, metassl, tracking_overrides
 
 pytestmark = pytest.mark.slow

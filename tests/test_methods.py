@@ -9,7 +9,6 @@ import pytest
 import torch
 from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_components
 
-from runner.build import Components, assemble
 from runner.data.device_data import DeviceData
 from runner.data.split import make_label_split
 from runner.generators.base import Generator
@@ -18,7 +17,8 @@ from runner.methods.metassl import MetaSSL
 from runner.methods.semi_supervised import two_views
 from runner.methods.virtual_step import scope_parameters
 from runner.registry import CLASSIFIERS, DATASETS, METHODS
-from runner.train_step import grad_scaler, train_step
+from runner.run.build import Components, assemble
+from runner.run.train_step import grad_scaler, train_step
 from schemas import UserError, validate_recipe
 from schemas.data import Digits
 

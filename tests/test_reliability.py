@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
-from runner.checkpoint import load_checkpoint
+from runner.run.checkpoint import load_checkpoint
 from runner.tracking import shown_status
 from tests.helpers import RECIPES, ROOT, metassl, tracking_overrides
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from runner.report import Source, csv_text, markdown, summarise
+from runner.studies.report import Source, csv_text, markdown, summarise
 from schemas.training import Tracking
 from tests.helpers import RECIPES, metassl, tracking_overrides
 

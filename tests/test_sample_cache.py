@@ -9,11 +9,11 @@ import pytest
 import torch
 from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_components
 
-from runner.build import Components
 from runner.methods.generative import Generative
 from runner.methods.latent_bank import LatentBank
 from runner.methods.sample_cache import SampleCache
-from runner.train_step import grad_scaler, train_step
+from runner.run.build import Components
+from runner.run.train_step import grad_scaler, train_step
 
 
 @pytest.fixture(autouse=True)

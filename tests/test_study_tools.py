@@ -13,8 +13,8 @@ from runner.data.classes import restrict_classes
 from runner.data.device_data import DeviceData
 from runner.data.split import make_label_split
 from runner.data.types import DatasetSplits, ImageSet
-from runner.paired import Reference, paired_difference, paired_rows
-from runner.report import Row
+from runner.studies.paired import Reference, paired_difference, paired_rows
+from runner.studies.report import Row
 from schemas import RecipeError, UserError, validate_recipe
 from schemas.data import Digits
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from runner.sweep import error_line
-from runner.sweep_grid import as_overrides, child_key, expand, parse_grid, sweep_identity
+from runner.studies.sweep import error_line
+from runner.studies.sweep_grid import as_overrides, child_key, expand, parse_grid, sweep_identity
 from schemas import UserError
 from tests.helpers import RECIPES, metassl, tracking_overrides
 

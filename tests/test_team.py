@@ -17,9 +17,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from runner.claims import claim, holder, release, sqlite_url
-from runner.search_space import load_space
-from runner.tune import plan_tune
+from runner.studies.claims import claim, holder, release, sqlite_url
+from runner.studies.search_space import load_space
+from runner.studies.tune import plan_tune
 from schemas import UserError
 from schemas.recipe import read_recipe_document
 from tests.helpers import RECIPES, ROOT, metassl, tracking_overrides

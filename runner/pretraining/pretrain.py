@@ -19,7 +19,7 @@ from runner.pretraining.gan import GRID_PER_CLUSTER, train_gan
 from runner.pretraining.model import ConditionalGenerator
 from runner.pretraining.progress import StageProgress, console
 from runner.pretraining.source import build_source
-from runner.runtime import select_device
+from runner.run.runtime import select_device
 from schemas.errors import UserError
 from schemas.generators import GeneratorBase, LocalGAN
 from schemas.training import Runtime, Tracking

@@ -13,9 +13,9 @@ from runner.data.device_data import DeviceData
 from runner.data.split import LabelSplit, make_label_split
 from runner.data.types import DatasetSplits
 from runner.methods.base import Method, TrainContext
-from runner.optim import EMA, build_optimizer, build_scheduler
 from runner.registry import CLASSIFIERS, DATASETS, GENERATORS, METHODS
-from runner.runtime import autocast_factory, configure, select_device
+from runner.run.optim import EMA, build_optimizer, build_scheduler
+from runner.run.runtime import autocast_factory, configure, select_device
 from schemas import Recipe, UserError
 
 

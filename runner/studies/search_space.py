@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runner.sweep_grid import as_overrides
+from runner.studies.sweep_grid import as_overrides
 from schemas import Recipe, UserError, set_override, validate_recipe
 from schemas.recipe import parse_yaml
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from runner.build import Components
+from runner.run.build import Components
 
 
 def grad_scaler(components: Components) -> torch.amp.GradScaler:

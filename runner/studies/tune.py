@@ -1,7 +1,7 @@
 """`metassl tune`: an Optuna study over a YAML search space, each trial a child MLflow run under one parent.
 
 Several processes (on several machines) given the same `--storage` and study name share the study: Optuna hands
-out the trials, and the parent MLflow run is claimed once in the same database (runner/claims.py).
+out the trials, and the parent MLflow run is claimed once in the same database (runner/studies/claims.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from runner.claims import claim, database_url, holder, redact, sqlite_url
-from runner.search_space import SearchSpace, load_space, trial_recipe
+from runner.studies.claims import claim, database_url, holder, redact, sqlite_url
+from runner.studies.search_space import SearchSpace, load_space, trial_recipe
 from runner.tracking import Tracker, create_run, delete_run, runs_with_tag, set_status
 from schemas import Recipe, UserError, dump_recipe, set_override, validate_recipe
 from schemas.recipe import read_recipe_document
@@ -240,7 +240,7 @@ def _run_trial(plan: TunePlan, study: Any, trial: Any, parent_id: str) -> str:
     """Run one trial in this process; tell Optuna how it went; return a one-line outcome."""
     import optuna
 
-    from runner import session
+    from runner.run import session
 
     values = plan.space.values(trial.params)
     trial_key = f"{plan.study_name}/{trial.number}"

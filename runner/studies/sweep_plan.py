@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.sweep_grid import Assignment, Grid, as_overrides, child_key, expand, parse_grid, sweep_identity
+from runner.studies.sweep_grid import Assignment, Grid, as_overrides, child_key, expand, parse_grid, sweep_identity
 from runner.tracking import FINAL_ACCURACY
 from schemas import Recipe, UserError, set_override, validate_recipe
 from schemas.recipe import read_recipe_document

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runner.studies.tune import OBJECTIVE, STORAGE_TAG, STUDY_TAG, _storage
 from runner.tracking import Tracker
-from runner.tune import OBJECTIVE, STORAGE_TAG, STUDY_TAG, _storage
 from schemas import UserError
 from schemas.training import Tracking
 

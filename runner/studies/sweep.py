@@ -20,9 +20,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from runner.claims import claim, holder, release
-from runner.sweep_grid import canonical_value
-from runner.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
+from runner.studies.claims import claim, holder, release
+from runner.studies.sweep_grid import canonical_value
+from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
 from runner.tracking import (
     FINAL_ACCURACY,
     PARENT_TAG,

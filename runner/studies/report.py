@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.paired import Reference, paired_markdown, paired_rows
-from runner.sweep_plan import CHILD_TAG, ROLE_TAG
+from runner.studies.paired import Reference, paired_markdown, paired_rows
+from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG
 from runner.tracking import Tracker, child_runs, experiment_runs, tracking_of_run
 from schemas import UserError
 from schemas.training import Tracking

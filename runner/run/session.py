@@ -12,13 +12,13 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from runner import environment, faults, interrupts
-from runner.build import Components, build_components, prepare_data
-from runner.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
-from runner.evaluate import Evaluation
-from runner.loop import LoopState, console, restore_state, train
-from runner.plots import close, confusion_figure, learning_curves_figure
 from runner.pretraining.pretrain import ensure_generator
+from runner.run import environment, faults, interrupts
+from runner.run.build import Components, build_components, prepare_data
+from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
+from runner.run.evaluate import Evaluation
+from runner.run.loop import LoopState, console, restore_state, train
+from runner.run.plots import close, confusion_figure, learning_curves_figure
 from runner.tracking import (
     FINAL_ACCURACY,
     RECIPE_ARTIFACT,

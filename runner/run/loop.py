@@ -14,13 +14,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from runner import interrupts
-from runner.build import Components
-from runner.checkpoint import CHECKPOINT_DIR, save_checkpoint
-from runner.evaluate import Evaluation, evaluate
-from runner.runtime import rng_state, set_rng_state
+from runner.run import interrupts
+from runner.run.build import Components
+from runner.run.checkpoint import CHECKPOINT_DIR, save_checkpoint
+from runner.run.evaluate import Evaluation, evaluate
+from runner.run.runtime import rng_state, set_rng_state
+from runner.run.train_step import grad_scaler, train_step
 from runner.tracking import Tracker
-from runner.train_step import grad_scaler, train_step
 from schemas import UserError
 
 console = Console(stderr=True)

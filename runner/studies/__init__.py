@@ -1,0 +1,1 @@
+"""Many runs: sweeps, tuning studies, their shared claims, and the reports over them."""
