@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -12,6 +11,7 @@ from runner.pretraining.discriminator import ProjectionDiscriminator
 from runner.pretraining.model import ConditionalGenerator
 from runner.pretraining.progress import StageProgress
 from runner.pretraining.source import SourceSet
+from runner.run.optim import EMA
 from schemas.generators import Pretrain
 
 GRID_PER_CLUSTER = 8
@@ -47,7 +47,7 @@ def train_gan(
     grid_noise, grid_classes = grid_latents(pretrain.clusters, pretrain.seed, pretrain.noise_dim)
     losses: dict[str, float] = {}
     # An exponential moving average of G's weights gives visibly cleaner samples than G itself after few steps.
-    average = copy.deepcopy(generator).eval().requires_grad_(False)
+    average = EMA(generator, pretrain.ema_decay)
     generator.train()
     for step in range(1, pretrain.iterations + 1):
         rows = torch.randint(len(images), (pretrain.batch_size,), generator=rng).to(device)
@@ -65,12 +65,7 @@ def train_gan(
         optim_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optim_g.step()
-        with torch.no_grad():
-            decay = min(pretrain.ema_decay, (1.0 + step) / (10.0 + step))
-            for mine, theirs in zip(average.parameters(), generator.parameters(), strict=True):
-                mine.lerp_(theirs, 1.0 - decay)
-            for mine, theirs in zip(average.buffers(), generator.buffers(), strict=True):
-                mine.copy_(theirs)
+        average.update(generator, decay=min(pretrain.ema_decay, (1.0 + step) / (10.0 + step)))
 
         last = step == pretrain.iterations
         if step % LOG_EVERY == 0 or last:
@@ -78,10 +73,10 @@ def train_gan(
             losses["d/fake"] = d_fake.mean().item()
             tracker.log_metrics(losses, step=step)
         if step % pretrain.grid_every == 0 or last:
-            log_grid(average, grid_noise, grid_classes, tracker, f"samples/step_{step:06d}.png")
+            log_grid(average.model, grid_noise, grid_classes, tracker, f"samples/step_{step:06d}.png")
         if step % PROGRESS_EVERY == 0 or last:
             progress.update(step, loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
-    return average, losses
+    return average.model, losses
 
 
 def log_grid(generator: ConditionalGenerator, noise: torch.Tensor, classes: torch.Tensor, tracker: Any, name: str):

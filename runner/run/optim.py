@@ -50,9 +50,11 @@ class EMA:
         self.model = deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """One step toward `model`, at this EMA's decay or the given one (a warm-up schedule)."""
+        keep = self.decay if decay is None else decay
         for average, current in zip(self.model.parameters(), model.parameters(), strict=True):
-            average.lerp_(current.detach(), 1.0 - self.decay)
+            average.lerp_(current.detach(), 1.0 - keep)
         for average, current in zip(self.model.buffers(), model.buffers(), strict=True):
             average.copy_(current)
 
