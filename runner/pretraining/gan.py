@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from runner.pretraining.discriminator import ProjectionDiscriminator
 from runner.pretraining.model import ConditionalGenerator
-from runner.pretraining.progress import StageProgress
 from runner.pretraining.source import SourceSet
+from runner.progress import StageProgress
 from runner.run.optim import EMA
 from schemas.generators import Pretrain
 

@@ -17,8 +17,8 @@ import torch
 from runner.pretraining.checkpoint import check_pretrain_matches, has_checkpoint, save_atomically
 from runner.pretraining.gan import GRID_PER_CLUSTER, train_gan
 from runner.pretraining.model import ConditionalGenerator
-from runner.pretraining.progress import StageProgress, console
 from runner.pretraining.source import build_source
+from runner.progress import StageProgress, console
 from runner.run.runtime import select_device
 from schemas.errors import UserError
 from schemas.generators import GeneratorBase, LocalGAN

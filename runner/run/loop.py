@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from runner.progress import StageProgress
 from runner.run import interrupts
 from runner.run.build import Components
 from runner.run.checkpoint import CHECKPOINT_DIR, save_checkpoint
@@ -63,21 +63,6 @@ def restore_state(components: Components, checkpoint: dict[str, Any]) -> LoopSta
     history: dict[str, list[tuple[int, float]]] = defaultdict(list)
     history.update({key: [tuple(point) for point in points] for key, points in checkpoint["history"].items()})
     return LoopState(checkpoint["iteration"], history, checkpoint["last_accuracy"])
-
-
-def _progress(total: int) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("acc {task.fields[acc]}"),
-        TextColumn("{task.fields[speed]} img/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
 
 
 def _mean_metrics(window: dict[str, list[Any]]) -> dict[str, float]:
@@ -141,10 +126,8 @@ def train(
     unchecked: list[torch.Tensor] = []  # losses not yet checked to be finite
     classifier.train()
 
-    with _progress(schedule.iterations) as progress:
-        task = progress.add_task(
-            "train", total=schedule.iterations, completed=state.iteration, loss="-", acc="-", speed="-"
-        )
+    fields = {"loss": "-", "acc": "-", "img/s": "-"}
+    with StageProgress("train", schedule.iterations, start=state.iteration) as progress:
         for iteration in range(state.iteration, schedule.iterations):
             loss, metrics = train_step(components, iteration, scaler)
             unchecked.append(loss.detach())
@@ -171,9 +154,8 @@ def train(
                 tracker.log_metrics(logged, step=state.iteration)
                 state.history["train/loss"].append((state.iteration, logged["loss/total"]))
                 acc = "-" if state.last_accuracy is None else f"{state.last_accuracy:.3f}"
-                progress.update(
-                    task, loss=f"{logged['loss/total']:.3f}", acc=acc, speed=f"{logged['perf/images_per_s']:.0f}"
-                )
+                fields.update(loss=f"{logged['loss/total']:.3f}", acc=acc)
+                fields["img/s"] = f"{logged['perf/images_per_s']:.0f}"
                 window.clear()
                 window_start, window_steps = time.perf_counter(), 0
 
@@ -201,7 +183,7 @@ def train(
             if state.iteration % schedule.checkpoint_every == 0 or done or stop:
                 save_checkpoint(checkpoint_file, checkpoint_state(components, state, tracker.run_id))
                 tracker.log_artifact(checkpoint_file, CHECKPOINT_DIR)
-            progress.update(task, completed=state.iteration)
+            progress.update(state.iteration, **fields)
             if stop:
                 raise interrupts.Interrupted(f"interrupted at iteration {state.iteration}/{schedule.iterations}")
 

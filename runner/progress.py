@@ -24,13 +24,14 @@ class StageProgress:
     iteration, the fields, the elapsed time and the ETA, so a long stage never looks hung.
     """
 
-    def __init__(self, title: str, total: int, every_s: float = 10.0) -> None:
-        self.title, self.total, self.every_s = title, total, every_s
+    def __init__(self, title: str, total: int, every_s: float = 10.0, start: int = 0) -> None:
+        """`start`: iterations already done (a resumed run), which the ETA must not count as this process's."""
+        self.title, self.total, self.every_s, self.start = title, total, every_s, start
         self.live = console.is_terminal
         self._bar: Progress | None = None
         self._task = 0
         self._started = self._last_line = 0.0
-        self._completed = 0
+        self._completed = start
 
     def __enter__(self) -> StageProgress:
         self._started = time.perf_counter()
@@ -45,7 +46,7 @@ class StageProgress:
                 console=console,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.title, total=self.total, status="")
+            self._task = self._bar.add_task(self.title, total=self.total, completed=self.start, status="")
         else:
             self._line("")
         return self
@@ -63,8 +64,8 @@ class StageProgress:
         self._last_line = now
         elapsed = now - self._started
         eta = "-"
-        if 0 < self._completed < self.total:
-            eta = _clock(elapsed / self._completed * (self.total - self._completed))
+        if self.start < self._completed < self.total:
+            eta = _clock(elapsed / (self._completed - self.start) * (self.total - self._completed))
         elif self._completed == self.total:
             eta = "0:00:00"
         parts = [f"{self.title} {self._completed}/{self.total}", status, f"elapsed {_clock(elapsed)}", f"ETA {eta}"]
