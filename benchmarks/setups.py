@@ -107,12 +107,16 @@ def method_block(variant: str, batch: int, unlabeled: int) -> dict[str, Any]:
 
 
 def recipe_for(setup: Setup, variant: str, batch: int, unlabeled: int, device: str, iterations: int) -> Recipe:
+    method = method_block(variant, batch, unlabeled)
+    # The generator is injected (`build`); the block names it so the recipe passes the schema's cross-block rules.
+    generator = {"name": setup.generator} | ({"path": str(LOCAL_GAN_PATH)} if setup.generator == "local_gan" else {})
     return validate_recipe(
         {
             "name": f"phase_cost {setup.name} {variant}",
             "data": {"name": setup.data_name, "labels_per_class": 4, "batch_size": batch},
             "classifier": setup.classifier,
-            "method": method_block(variant, batch, unlabeled),
+            "method": method,
+            **({"generator": generator} if method["name"] in ("generative", "metassl") else {}),
             "schedule": {"iterations": iterations},
             "runtime": {"device": device, "precision": "bf16", "deterministic": False},
         },
