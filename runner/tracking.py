@@ -32,6 +32,7 @@ def quiet_libraries() -> None:
     import logging
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per fetched checkpoint or recipe
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # It logs a traceback before re-raising a store error (unopenable, disk full); the CLI reports it in one line.

@@ -168,7 +168,9 @@ def test_sigkilled_run_shows_dead_and_resumes_with_every_step_once(tmp_path: Pat
 
     listed = metassl("runs", "--tracking-uri", store_uri(tmp_path))
     assert listed.returncode == 0
-    run_id, status = listed.stdout.split()[:2]
+    header, first = listed.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["RUN", "ID", "STATUS"]
+    run_id, status = first.split()[:2]
     assert status == "DEAD"
 
     resumed = metassl("run", "--resume", DIGITS, *SCHEDULE, *tracking_overrides(tmp_path))

@@ -67,7 +67,7 @@ def test_an_unreachable_server_is_one_line_within_seconds(tmp_path: Path):
     result = metassl("run", DIGITS, "-o", f"tracking.tracking_uri=http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert time.monotonic() - started < 30
-    assert result.stderr.startswith("error: tracking.tracking_uri: the MLflow server at http://127.0.0.1:")
+    assert result.stderr.startswith("error: tracking.tracking_uri: no MLflow server answers at http://127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
     listing = metassl("runs", "--tracking-uri", f"http://127.0.0.1:{free_port()}")
     assert listing.returncode == 2 and "no MLflow server answers" in listing.stderr
@@ -184,7 +184,7 @@ def test_run_resume_eval_runs_report_through_the_server(mlflow_server: Server, t
     assert (tmp_path / "r" / "results.png").stat().st_size > 0
 
     ui = metassl("ui", "--tracking-uri", mlflow_server.uri)
-    assert ui.returncode == 0 and "its UI is at that address" in ui.stdout
+    assert ui.returncode == 0 and "is an MLflow server: its UI is at http://127.0.0.1:" in ui.stdout
 
 
 @pytest.mark.slow
