@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The phase (i) study (docs/RESULTS.md, "Does phase (i) earn its cost?").
-#   STAGE=select bash benchmarks/phase_i_study.sh   # variants on the holdout validation split, selection seeds
+#   STAGE=select bash benchmarks/phase_i_study.sh   # every method's configurations on the holdout validation split
 #   STAGE=final  bash benchmarks/phase_i_study.sh   # every method once on the test split, paired seeds 0-4
-# Settings are chosen on val/accuracy (data.validation: holdout, 20 extra labeled images per class that only
+# Settings are chosen on val/accuracy (data.validation: holdout, 50 extra labeled images per class that only
 # select settings: the meta-step draws x_v from the labeled set) and never on the test split.
+# Equal tuning budget: every method gets four configurations x three selection seeds (100-102).
 # Two cores: two children at a time, one thread each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,41 +13,50 @@ ITERATIONS=${ITERATIONS:-400}
 JOBS=${JOBS:-2}
 STORE=${STORE:-sqlite:///mlruns/mlflow.db}
 COMMON=(-o runtime.threads=1 -o schedule.iterations="$ITERATIONS" -o schedule.eval_every=100
-        -o data.validation.source=holdout -o data.validation.per_class=20 -o tracking.tracking_uri="$STORE")
+        -o data.validation.source=holdout -o data.validation.per_class=50 -o tracking.tracking_uri="$STORE")
 sweep() {  # sweep NAME RECIPE GRID... [-- OVERRIDES...]
   local name=$1 recipe=$2; shift 2
-  metassl sweep "$recipe" --name "$name" --jobs "$JOBS" "${COMMON[@]}" "$@"
+  python -m runner.cli sweep "$recipe" --name "$name" --jobs "$JOBS" "${COMMON[@]}" "$@"
 }
 
 if [ "$STAGE" = select ]; then
-  # Benchmark 2 (broad source), 1 label per class, selection seeds 100-102: the method's variants and the
-  # generative baseline with pseudo latents, its reference.
+  # Benchmark 2 (broad source), 1 label per class, selection seeds 100-102.
   E=(-o tracking.experiment=phase-i-select --grid seed=100,101,102)
-  R=recipes/fashion_mnist_tops.yaml
-  sweep select-generative-pseudo recipes/fashion_mnist_tops_generative.yaml "${E[@]}" -o method.latents.classes=pseudo
-  sweep select-generative-pseudo-bank256 recipes/fashion_mnist_tops_generative.yaml "${E[@]}" \
-    -o method.latents.classes=pseudo -o method.latents.bank_size=256
-  sweep select-method-default "$R" "${E[@]}"
-  sweep select-method-strong-val "$R" "${E[@]}" -o method.meta.validation_augment=strong
-  sweep select-method-r-only "$R" "${E[@]}" -o method.meta.lambda_v=0
-  sweep select-method-val-only "$R" "${E[@]}" -o method.meta.lambda_r=0
-  sweep select-method-finder "$R" "${E[@]}" -o method.meta.finder=mlp
-  sweep select-method-visits "$R" "${E[@]}" -o method.latents.bank_size=256 -o method.meta.lr=0.2
+  P=recipes/fashion_mnist_tops
+  sweep select-supervised "${P}_supervised.yaml" "${E[@]}" \
+    --grid optim.classifier.lr=0.03,0.1 --grid optim.classifier.weight_decay=0.0005,0.005
+  sweep select-fixmatch "${P}_fixmatch.yaml" "${E[@]}" --grid method.lambda_u=1,2 --grid method.threshold=0.8,0.95
+  for classes in random pseudo; do
+    sweep "select-generative-$classes" "${P}_generative.yaml" "${E[@]}" -o method.latents.classes="$classes" \
+      --grid method.lambda_u=1,3 --grid method.latents.temperature=0.5,1
+  done
+  # The method: as shipped, the latent finder, the finder with strong x_v views, the finder anchored to the bank.
+  sweep select-method "$P.yaml" "${E[@]}" --grid method.meta.finder=none,mlp
+  sweep select-method-finder-strong "$P.yaml" "${E[@]}" -o method.meta.finder=mlp \
+    -o method.meta.validation_augment=strong
+  sweep select-method-finder-anchor "$P.yaml" "${E[@]}" -o method.meta.finder=mlp -o method.meta.finder_anchor=1
 fi
 
 if [ "$STAGE" = final ]; then
-  # Every method once on the test split, paired seeds 0-4, one label budget after the other (LABELS). The method
-  # runs with METHOD_OVERRIDES, the configuration the select stage chose on val/accuracy (docs/RESULTS.md).
-  read -r -a CHOSEN <<< "${METHOD_OVERRIDES:-}"
-  for bench in ${BENCHMARKS:-tops}; do
+  # Every method once on the test split, paired seeds 0-4, both benchmarks (BENCHMARKS), one label budget after the
+  # other (LABELS). Each method runs with the configuration STAGE=select chose for it on val/accuracy
+  # (docs/RESULTS.md): *_OVERRIDES, e.g. METHOD_OVERRIDES="-o method.meta.finder=mlp".
+  read -r -a SUPERVISED <<< "${SUPERVISED_OVERRIDES:-}"
+  read -r -a FIXMATCH <<< "${FIXMATCH_OVERRIDES:-}"
+  read -r -a RANDOM_LATENTS <<< "${RANDOM_OVERRIDES:-}"
+  read -r -a PSEUDO_LATENTS <<< "${PSEUDO_OVERRIDES:-}"
+  read -r -a METHOD <<< "${METHOD_OVERRIDES:-}"
+  for bench in ${BENCHMARKS:-tops all10}; do
     if [ "$bench" = tops ]; then P=recipes/fashion_mnist_tops; else P=recipes/fashion_mnist_40labels; fi
     for labels in ${LABELS:-1 4}; do
       E=(-o tracking.experiment="phase-i-final-$bench" -o data.labels_per_class="$labels" --grid seed=0,1,2,3,4)
-      sweep "final-$bench-$labels-supervised" "${P}_supervised.yaml" "${E[@]}"
-      sweep "final-$bench-$labels-fixmatch" "${P}_fixmatch.yaml" "${E[@]}"
-      sweep "final-$bench-$labels-generative-random" "${P}_generative.yaml" "${E[@]}"
-      sweep "final-$bench-$labels-generative-pseudo" "${P}_generative.yaml" "${E[@]}" -o method.latents.classes=pseudo
-      sweep "final-$bench-$labels-method" "${P}.yaml" "${E[@]}" "${CHOSEN[@]}"
+      sweep "final-$bench-$labels-supervised" "${P}_supervised.yaml" "${E[@]}" "${SUPERVISED[@]}"
+      sweep "final-$bench-$labels-fixmatch" "${P}_fixmatch.yaml" "${E[@]}" "${FIXMATCH[@]}"
+      sweep "final-$bench-$labels-generative-random" "${P}_generative.yaml" "${E[@]}" \
+        -o method.latents.classes=random "${RANDOM_LATENTS[@]}"
+      sweep "final-$bench-$labels-generative-pseudo" "${P}_generative.yaml" "${E[@]}" \
+        -o method.latents.classes=pseudo "${PSEUDO_LATENTS[@]}"
+      sweep "final-$bench-$labels-method" "${P}.yaml" "${E[@]}" "${METHOD[@]}"
     done
   done
 fi

@@ -122,6 +122,12 @@ class Meta(Block):
     )
     finder_hidden: PositiveInt = Field(default=256, description="with finder=mlp: hidden width")
     finder_lr: PositiveFloat = Field(default=1e-3, description="with finder=mlp: Adam learning rate of its weights")
+    finder_anchor: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="with finder=mlp: weight of the mean squared move of the generated latents from the bank's in"
+        " L_meta, a trust region against the bank collapsing onto one sample; 0: off",
+    )
 
 
 class MetaSSL(Generative, builder="runner.methods.metassl:build_metassl"):
@@ -136,6 +142,8 @@ class MetaSSL(Generative, builder="runner.methods.metassl:build_metassl"):
             raise ValueError("method.unsup_loss 'none' with meta.resemblance 'none' leaves phase (i) nothing to do")
         if self.meta.lambda_v == 0 and (self.meta.lambda_r == 0 or self.meta.resemblance == "none"):
             raise ValueError("method.meta.lambda_v 0 with no resemblance term leaves phase (i) nothing to do")
+        if self.meta.finder_anchor > 0 and self.meta.finder != "mlp":
+            raise ValueError("method.meta.finder_anchor acts on the latent finder: set method.meta.finder: mlp, or 0")
         if self.meta.latent_batch_size > self.latents.bank_size:
             raise ValueError(
                 f"method.meta.latent_batch_size ({self.meta.latent_batch_size}) exceeds the bank"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from runner.methods.metassl import MetaSSL
+from schemas.errors import RecipeError
 from tests.method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy_components
 
 
-def build(finder: str = "mlp", seed: int = 0) -> MetaSSL:
-    config = {
-        "name": "metassl",
-        "latents": {"bank_size": 24},
-        "meta": {"latent_batch_size": 8, "virtual_lr": 0.5, "finder": finder, "finder_lr": 0.05},
-    }
+def build(finder: str = "mlp", seed: int = 0, anchor: float = 0.0) -> MetaSSL:
+    meta = {"latent_batch_size": 8, "virtual_lr": 0.5, "finder": finder, "finder_lr": 0.05, "finder_anchor": anchor}
+    config = {"name": "metassl", "latents": {"bank_size": 24}, "meta": meta}
     method = toy_components(config, tiny_classifier(seed=seed), ToyData(), TinyGenerator(), seed=seed).method
     assert isinstance(method, MetaSSL)
     return method
@@ -73,3 +72,26 @@ def test_resume_restores_the_finder_and_its_optimizer():
             resumed.meta_step()
         for ours, theirs in zip(resumed.finder.parameters(), uninterrupted.finder.parameters(), strict=True):
             assert torch.equal(ours, theirs)
+
+
+def test_the_anchor_keeps_the_generated_latents_closer_to_the_bank():
+    def drift_after_steps(anchor: float) -> float:
+        with one_thread():
+            torch.manual_seed(0)
+            method = build(anchor=anchor)
+            for _ in range(5):
+                metrics = method.meta_step()
+            assert ("meta/finder_drift" in metrics) == (anchor > 0)
+            rows = all_rows(method)
+            bank = method.bank.batch(rows)
+            moved = method.generated_latents(bank)
+            return sum(float((moved[key] - bank[key]).pow(2).mean()) for key in bank)
+
+    free, anchored = drift_after_steps(0.0), drift_after_steps(100.0)
+    assert free > 0
+    assert anchored < 0.5 * free
+
+
+def test_the_anchor_without_a_finder_is_refused():
+    with pytest.raises(RecipeError, match=r"method\.meta\.finder_anchor acts on the latent finder"):
+        build(finder="none", anchor=1.0)

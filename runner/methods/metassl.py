@@ -24,6 +24,12 @@ from runner.methods.virtual_step import frozen_trunk_depth, scope_parameters, tr
 from schemas.methods import MetaSSL as MetaSSLConfig
 
 
+def latent_drift(generated: Latents, latents: Latents) -> torch.Tensor:
+    """Mean squared move per coordinate from the bank's latents to the generated ones (the finder's anchor)."""
+    moves = [(generated[key].float() - latents[key].float()).pow(2).flatten(1).mean(dim=1) for key in latents]
+    return torch.stack(moves).sum(dim=0).mean()
+
+
 class MetaSSL(Generative):
     has_meta_phase = True
     config: MetaSSLConfig
@@ -72,7 +78,8 @@ class MetaSSL(Generative):
         scope = scope_parameters(classifier, meta.scope, meta.scope_blocks)
         depth = frozen_trunk_depth(classifier, scope)
         with self.ctx.autocast():
-            images = self.synthesize(self.generated_latents(latents)).to(x_v.dtype)
+            generated = self.generated_latents(latents)
+            images = self.synthesize(generated).to(x_v.dtype)
             with torch.no_grad():
                 x_v = trunk_forward(classifier, x_v, depth)
             val_before, real_features = validation_forward(classifier, x_v, y_v, depth)
@@ -99,7 +106,14 @@ class MetaSSL(Generative):
         # One backward through the frozen trunk, the augmentation and the generator, whichever meta-gradient made
         # the view grads.
         leaves = list(latents.values()) if self.finder is None else list(self.finder.parameters())
-        grads = torch.autograd.grad(views, leaves, grad_outputs=view_grads, allow_unused=True)
+        outputs, grad_outputs = list(views), list(view_grads)
+        metrics = {**terms.metrics(), "meta/val_loss_before": val_before.detach()}
+        if self.finder is not None and meta.finder_anchor > 0:
+            drift = latent_drift(generated, latents)
+            outputs.append(meta.finder_anchor * drift)
+            grad_outputs.append(torch.ones_like(drift))
+            metrics["meta/finder_drift"] = drift.detach()
+        grads = torch.autograd.grad(outputs, leaves, grad_outputs=grad_outputs, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
         if self.finder is None:
             self.bank.step(rows, dict(zip(latents, grads, strict=True)))
@@ -112,7 +126,7 @@ class MetaSSL(Generative):
             self.finder_optimizer.zero_grad(set_to_none=True)
             self.bank.revision += 1  # every row's generated latents moved
             grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-        return {**terms.metrics(), "meta/val_loss_before": val_before.detach(), "meta/latent_grad_norm": grad_norm}
+        return {**metrics, "meta/latent_grad_norm": grad_norm}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
