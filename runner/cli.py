@@ -380,6 +380,13 @@ def report(
             " optionally with settings, e.g. --reference fixmatch --reference generative,method.latents.classes=pseudo"
         ),
     ] = None,
+    curve: Annotated[
+        str | None,
+        typer.Option(
+            help="also a learning-curve table: this metric's mean over the seeds at each logged step, e.g."
+            " test/accuracy or val/accuracy"
+        ),
+    ] = None,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
     storage: Annotated[
         str | None, typer.Option(help="a study's Optuna database, if not the one logged with it (a password)")
@@ -402,7 +409,7 @@ def report(
         if is_study_parent(run):
             typer.echo(study_report(run, tracking, storage, output), nl=False)
             return
-    typer.echo(make_report(source, tracking_uri, metric, output, reference))
+    typer.echo(make_report(source, tracking_uri, metric, output, reference, curve))
 
 
 @app.command()

@@ -410,6 +410,12 @@ def download_artifact(client: Any, run_id: str, artifact_file: str, folder: Path
     return Path(client.download_artifacts(run_id, artifact_file, str(folder)))
 
 
+def metric_histories(tracking: Tracking, run_ids: list[str], key: str) -> list[dict[int, float]]:
+    """Each run's logged values of `key`, step -> value (empty for a run that never logged it)."""
+    client = _client(tracking)
+    return [{point.step: point.value for point in client.get_metric_history(run_id, key)} for run_id in run_ids]
+
+
 def find_run(tracking: Tracking, run_id: str) -> tuple[Any, Any]:
     """(client, run) for a run id, or a one-line UserError."""
     from mlflow.exceptions import MlflowException

@@ -95,3 +95,28 @@ def test_report_on_an_unknown_experiment_is_one_line_exit_2(swept):
     store, _ = swept
     result = metassl("report", "nope", "--tracking-uri", f"sqlite:///{store / 'mlruns'}/mlflow.db")
     assert result.returncode == 2 and "no experiment or run 'nope'" in result.stderr
+
+
+def test_report_curve_and_cost_per_run(swept):
+    store, parent = swept
+    uri = f"sqlite:///{store / 'mlruns'}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+    at_20 = statistics.fmean(
+        point.value
+        for run in children
+        for point in client.get_metric_history(run.info.run_id, "test/accuracy")
+        if point.step == 20
+    )
+    seconds = statistics.fmean((run.info.end_time - run.info.start_time) / 1000 for run in children)
+    result = metassl("report", parent, "--tracking-uri", uri, "--curve", "test/accuracy")
+    assert result.returncode == 0, result.stderr
+    assert "| row | 20 |" in result.stdout
+    assert f"| supervised, 4/class | {at_20 * 100:.2f} |" in result.stdout
+    assert f" | {seconds:.0f} |" in result.stdout  # the mean wall time per run, after mean ± std
+
+    missing = metassl("report", parent, "--tracking-uri", uri, "--curve", "val/nope")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "no run logged the metric 'val/nope'" in missing.stderr

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.studies.curves import curves_markdown, mean_curve
 from runner.studies.paired import Reference, paired_markdown, paired_rows
+from runner.studies.publish import publish
 from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG
 from runner.tracking import Tracker, child_runs, experiment_runs, tracking_of_run
 from schemas import UserError
@@ -38,6 +40,12 @@ class Row:
     values: list[float] = field(default_factory=list)
     seeds: list[str] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def mean_seconds(self) -> float:
+        """Mean wall time per run, NaN if no run has both its start and end times."""
+        return statistics.fmean(self.seconds) if self.seconds else math.nan
 
     @property
     def mean(self) -> float:
@@ -113,6 +121,9 @@ def summarise(source: Source, metric: str) -> tuple[list[str], list[Row], int]:
         row.values.append(float(value))
         row.seeds.append(tags.get("seed", params.get("seed", "?")))
         row.run_ids.append(run.info.run_id)
+        start, end = getattr(run.info, "start_time", None), getattr(run.info, "end_time", None)
+        if start and end:
+            row.seconds.append((end - start) / 1000)
     ordered = sorted(
         rows.values(),
         key=lambda r: (_labels_order(r.group["labels"]), _method_order(r.group["method"]), list(r.group.values())),
@@ -127,12 +138,13 @@ def _scale(metric: str) -> tuple[float, str]:
 def markdown(columns: list[str], rows: list[Row], metric: str) -> str:
     factor, header = _scale(metric)
     lines = [
-        "| " + " | ".join([*columns, "seeds", f"{header}, mean ± std"]) + " |",
-        "| " + " | ".join(["---"] * len(columns) + ["---:", "---:"]) + " |",
+        "| " + " | ".join([*columns, "seeds", f"{header}, mean ± std", "s / run"]) + " |",
+        "| " + " | ".join(["---"] * len(columns) + ["---:", "---:", "---:"]) + " |",
     ]
     for row in rows:
         std = "n/a" if math.isnan(row.std) else f"{row.std * factor:.2f}"
-        cells = [row.group[c] for c in columns] + [str(len(row.values)), f"{row.mean * factor:.2f} ± {std}"]
+        seconds = "n/a" if math.isnan(row.mean_seconds) else f"{row.mean_seconds:.0f}"
+        cells = [row.group[c] for c in columns] + [str(len(row.values)), f"{row.mean * factor:.2f} ± {std}", seconds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -140,11 +152,13 @@ def markdown(columns: list[str], rows: list[Row], metric: str) -> str:
 def csv_text(columns: list[str], rows: list[Row], metric: str) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*columns, "n", "seeds", f"{metric}_mean", f"{metric}_std", "run_ids"])
+    writer.writerow([*columns, "n", "seeds", f"{metric}_mean", f"{metric}_std", "seconds_mean", "run_ids"])
     for row in rows:
         std = "" if math.isnan(row.std) else f"{row.std:.6f}"
+        seconds = "" if math.isnan(row.mean_seconds) else f"{row.mean_seconds:.1f}"
         seeds, run_ids = " ".join(row.seeds), " ".join(row.run_ids)
-        writer.writerow([*(row.group[c] for c in columns), len(row.values), seeds, f"{row.mean:.6f}", std, run_ids])
+        cells = [*(row.group[c] for c in columns), len(row.values), seeds, f"{row.mean:.6f}", std, seconds, run_ids]
+        writer.writerow(cells)
     return buffer.getvalue()
 
 
@@ -196,11 +210,17 @@ def _series_labels(rows: list[Row], columns: list[str], full: bool = False) -> d
 
 
 def make_report(
-    source_name: str, tracking_uri: str, metric: str, output: Path | None, references: list[str] | None = None
+    source_name: str,
+    tracking_uri: str,
+    metric: str,
+    output: Path | None,
+    references: list[str] | None = None,
+    curve: str | None = None,
 ) -> str:
     """Build the table and plot; log them to the parent run (if any) and write them to `output` (if given).
 
-    With `references`, also a table of each row's paired difference (same seeds) against each reference row.
+    With `references`, also a table of each row's paired difference (same seeds) against each reference row; with
+    `curve`, a table of that metric's mean over each row's seeds at every logged step.
     """
     import matplotlib.pyplot as plt
 
@@ -220,17 +240,16 @@ def make_report(
         unit = "points" if factor == 100.0 else metric
         text += "\nPaired differences (the same seeds: same label split, initialization and labeled-data order):\n\n"
         text += paired_markdown(differences, factor, unit)
+    if curve is not None:
+        labels = _series_labels(rows, columns)
+        curves = {
+            f"{labels[id(row)]}, {row.group['labels']}": mean_curve(source.tracking, row.run_ids, curve) for row in rows
+        }
+        if not any(curves.values()):
+            raise UserError(f"{source.title}: no run logged the metric '{curve}' (--curve); e.g. test/accuracy")
+        text += "\n" + curves_markdown(curves, curve, _scale(curve)[0])
     fig = figure(columns, rows, metric, source.title)
-    sheet = csv_text(columns, rows, metric)
-    if source.parent_run_id is not None:
-        tracker = Tracker.attach(source.tracking, source.parent_run_id)
-        tracker.log_text(text, "report/results.md")
-        tracker.log_text(sheet, "report/results.csv")
-        tracker.log_figure(fig, "report/results.png")
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "results.md").write_text(text)
-        (output / "results.csv").write_text(sheet)
-        fig.savefig(output / "results.png", dpi=120)
+    tracker = None if source.parent_run_id is None else Tracker.attach(source.tracking, source.parent_run_id)
+    publish(tracker, output, {"results.md": text, "results.csv": csv_text(columns, rows, metric)}, {"results.png": fig})
     plt.close(fig)
     return text

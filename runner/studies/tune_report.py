@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runner.studies.publish import publish
 from runner.studies.tune import OBJECTIVE, STORAGE_TAG, STUDY_TAG, _storage
 from runner.tracking import Tracker
 from schemas import UserError
@@ -119,13 +120,7 @@ def study_report(run: Any, tracking: Tracking, storage: str | None, output: Path
     ]
     text = "\n".join(lines) + "\n"
     fig = history_figure(study, f"study {study.study_name}")
-    tracker = Tracker.attach(tracking, run.info.run_id)
-    tracker.log_text(text, "report/study.md")
-    tracker.log_dict(importances, "report/importances.json")
-    tracker.log_figure(fig, "report/history.png")
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "study.md").write_text(text)
-        fig.savefig(output / "history.png", dpi=120)
+    texts = {"study.md": text, "importances.json": json.dumps(importances, indent=2)}
+    publish(Tracker.attach(tracking, run.info.run_id), output, texts, {"history.png": fig})
     plt.close(fig)
     return text
