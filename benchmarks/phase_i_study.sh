@@ -4,7 +4,7 @@
 #   STAGE=final  bash benchmarks/phase_i_study.sh   # every method once on the test split, paired seeds 0-4
 # Settings are chosen on val/accuracy (data.validation: holdout, 50 extra labeled images per class that only
 # select settings: the meta-step draws x_v from the labeled set) and never on the test split.
-# Equal tuning budget: every method gets four configurations x three selection seeds (100-102).
+# Equal tuning budget: every method gets six configurations x three selection seeds (100-102).
 # Two cores: two children at a time, one thread each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,21 +20,32 @@ sweep() {  # sweep NAME RECIPE GRID... [-- OVERRIDES...]
 }
 
 if [ "$STAGE" = select ]; then
-  # Benchmark 2 (broad source), 1 label per class, selection seeds 100-102.
+  # Benchmark 2 (broad source), 1 label per class, selection seeds 100-102. Every method gets six configurations.
   E=(-o tracking.experiment=phase-i-select --grid seed=100,101,102)
   P=recipes/fashion_mnist_tops
   sweep select-supervised "${P}_supervised.yaml" "${E[@]}" \
     --grid optim.classifier.lr=0.03,0.1 --grid optim.classifier.weight_decay=0.0005,0.005
+  sweep select-supervised-lr0.01 "${P}_supervised.yaml" "${E[@]}" \
+    -o optim.classifier.lr=0.01 --grid optim.classifier.weight_decay=0.0005,0.005
   sweep select-fixmatch "${P}_fixmatch.yaml" "${E[@]}" --grid method.lambda_u=1,2 --grid method.threshold=0.8,0.95
+  sweep select-fixmatch-lambda0.5 "${P}_fixmatch.yaml" "${E[@]}" -o method.lambda_u=0.5 \
+    --grid method.threshold=0.8,0.95
   for classes in random pseudo; do
     sweep "select-generative-$classes" "${P}_generative.yaml" "${E[@]}" -o method.latents.classes="$classes" \
       --grid method.lambda_u=1,3 --grid method.latents.temperature=0.5,1
+    sweep "select-generative-$classes-lambda0.3" "${P}_generative.yaml" "${E[@]}" \
+      -o method.latents.classes="$classes" -o method.lambda_u=0.3 --grid method.latents.temperature=0.5,1
   done
-  # The method: as shipped, the latent finder, the finder with strong x_v views, the finder anchored to the bank.
+  # The method: as shipped; the latent finder; the finder with strong x_v views, anchored to the bank, or both;
+  # strong x_v with more and larger latent steps (a meta-step every iteration, meta.lr 0.2).
   sweep select-method "$P.yaml" "${E[@]}" --grid method.meta.finder=none,mlp
   sweep select-method-finder-strong "$P.yaml" "${E[@]}" -o method.meta.finder=mlp \
     -o method.meta.validation_augment=strong
   sweep select-method-finder-anchor "$P.yaml" "${E[@]}" -o method.meta.finder=mlp -o method.meta.finder_anchor=1
+  sweep select-method-finder-strong-anchor "$P.yaml" "${E[@]}" -o method.meta.finder=mlp \
+    -o method.meta.validation_augment=strong -o method.meta.finder_anchor=1
+  sweep select-method-strong-more-steps "$P.yaml" "${E[@]}" -o method.meta.validation_augment=strong \
+    -o schedule.meta.every=1 -o method.meta.lr=0.2
 fi
 
 if [ "$STAGE" = final ]; then
