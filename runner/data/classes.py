@@ -9,13 +9,10 @@ from schemas.errors import UserError
 
 
 def _keep(images: ImageSet, selection: list[int]) -> ImageSet:
-    relabel = torch.full((int(images.labels.max()) + 2,), -1, dtype=torch.int64)
-    for new, old in enumerate(selection):
-        if old < len(relabel) - 1:
-            relabel[old] = new
-    mapped = relabel[images.labels.clamp_min(-1)]  # an unknown label (-1) reads the last slot, which stays -1
-    kept = (mapped >= 0).nonzero().flatten()
-    return ImageSet(images.images[kept], mapped[kept])
+    wanted = torch.tensor(selection, dtype=torch.int64)
+    kept = torch.isin(images.labels, wanted).nonzero().flatten()
+    relabeled = (images.labels[kept].unsqueeze(1) == wanted).to(torch.int64).argmax(dim=1)
+    return ImageSet(images.images[kept], relabeled)
 
 
 def restrict_classes(splits: DatasetSplits, selection: list[int] | None) -> DatasetSplits:

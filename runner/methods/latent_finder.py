@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from runner.generators.base import Latents
+from runner.methods.latent_bank import constrain_noise
 
 
 class LatentFinder(nn.Module):
@@ -44,7 +45,7 @@ class LatentFinder(nn.Module):
         if self.constraint == "renormalize":
             norms = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
             noise = noise * (latents["noise"].flatten(1).norm(dim=1) / norms).view((-1,) + (1,) * (noise.dim() - 1))
-        elif self.constraint == "clip":
-            noise = noise.clamp(-self.clip, self.clip)
+        else:
+            noise = constrain_noise(noise, self.constraint, self.clip)
         out["noise"] = noise
         return out
