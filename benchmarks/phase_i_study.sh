@@ -2,6 +2,7 @@
 # The phase (i) study (docs/RESULTS.md, "Does phase (i) earn its cost?").
 #   STAGE=select bash benchmarks/phase_i_study.sh   # every method's configurations on the holdout validation split
 #   STAGE=final  bash benchmarks/phase_i_study.sh   # every method once on the test split, paired seeds 0-4
+#   STAGE=report bash benchmarks/phase_i_study.sh   # the tables of docs/RESULTS.md, into docs/results/phase_i/
 # Settings are chosen on val/accuracy (data.validation: holdout, 50 extra labeled images per class that only
 # select settings: the meta-step draws x_v from the labeled set) and never on the test split.
 # Equal tuning budget: every method gets six configurations x three selection seeds (100-102).
@@ -46,6 +47,13 @@ if [ "$STAGE" = select ]; then
     -o method.meta.validation_augment=strong -o method.meta.finder_anchor=1
   sweep select-method-strong-more-steps "$P.yaml" "${E[@]}" -o method.meta.validation_augment=strong \
     -o schedule.meta.every=1 -o method.meta.lr=0.2
+  # Phase (ii) is the generative baseline's SSL step, so the method also runs on the phase (ii) settings selected
+  # for the generative (pseudo) baseline above (lambda_u 3, temperature 0.5), with phase (i) as shipped and its
+  # two best variants above (the finder; the finder anchored to the bank).
+  T=(-o method.lambda_u=3 -o method.latents.temperature=0.5)
+  sweep select-method-tuned-ssl "$P.yaml" "${E[@]}" "${T[@]}" --grid method.meta.finder=none,mlp
+  sweep select-method-tuned-ssl-finder-anchor "$P.yaml" "${E[@]}" "${T[@]}" -o method.meta.finder=mlp \
+    -o method.meta.finder_anchor=1
 fi
 
 if [ "$STAGE" = final ]; then
@@ -69,5 +77,15 @@ if [ "$STAGE" = final ]; then
         -o method.latents.classes=pseudo "${PSEUDO_LATENTS[@]}"
       sweep "final-$bench-$labels-method" "${P}.yaml" "${E[@]}" "${METHOD[@]}"
     done
+  done
+fi
+
+if [ "$STAGE" = report ]; then
+  report() { python -m runner.cli report "$@" --tracking-uri "$STORE"; }
+  report phase-i-select --metric val/accuracy --output docs/results/phase_i/select
+  for bench in ${BENCHMARKS:-tops all10}; do
+    report "phase-i-final-$bench" --reference generative,method.latents.classes=random \
+      --reference generative,method.latents.classes=pseudo --reference fixmatch --curve test/accuracy \
+      --output "docs/results/phase_i/$bench"
   done
 fi
