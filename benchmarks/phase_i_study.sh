@@ -2,6 +2,7 @@
 # The phase (i) study (docs/RESULTS.md, "Does phase (i) earn its cost?").
 #   STAGE=select bash benchmarks/phase_i_study.sh   # every method's configurations on the holdout validation split
 #   STAGE=final  bash benchmarks/phase_i_study.sh   # every method once on the test split, paired seeds 0-4
+#   STAGE=budget bash benchmarks/phase_i_study.sh   # the supervised baseline at 1000 iterations: has it converged?
 #   STAGE=report bash benchmarks/phase_i_study.sh   # the tables of docs/RESULTS.md, into docs/results/phase_i/
 # Settings are chosen on val/accuracy (data.validation: holdout, 50 extra labeled images per class that only
 # select settings: the meta-step draws x_v from the labeled set) and never on the test split.
@@ -80,6 +81,16 @@ if [ "$STAGE" = final ]; then
         -o method.latents.classes=pseudo "${PSEUDO_LATENTS[@]}"
       sweep "final-$bench-$labels-method" "${P}.yaml" "${E[@]}" "${METHOD[@]}"
     done
+  done
+fi
+
+if [ "$STAGE" = budget ]; then
+  # Is 400 iterations enough? The supervised baseline (its selected settings) at 1000, on the final seeds.
+  for bench in ${BENCHMARKS:-tops all10}; do
+    if [ "$bench" = tops ]; then P=recipes/fashion_mnist_tops; else P=recipes/fashion_mnist_40labels; fi
+    sweep "budget-$bench-supervised-1000" "${P}_supervised.yaml" -o tracking.experiment="phase-i-final-$bench" \
+      -o optim.classifier.lr=0.1 -o optim.classifier.weight_decay=0.005 -o schedule.iterations=1000 \
+      --grid data.labels_per_class=1,4 --grid seed=0,1,2,3,4
   done
 fi
 
