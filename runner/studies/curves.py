@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import statistics
 
-from runner.tracking import metric_histories
-from schemas.training import Tracking
 
-
-def mean_curve(tracking: Tracking, run_ids: list[str], key: str) -> dict[int, float]:
-    """Step -> mean over the runs, at the steps every run logged (a run without the metric leaves it empty)."""
-    histories = metric_histories(tracking, run_ids, key)
+def mean_curve(histories: list[dict[int, float]]) -> dict[int, float]:
+    """Step -> mean over the runs' histories, at the steps every run logged (a run without the metric: empty)."""
     steps = set.intersection(*(set(history) for history in histories)) if histories else set()
     return {step: statistics.fmean(history[step] for history in histories) for step in sorted(steps)}
 

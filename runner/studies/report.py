@@ -15,7 +15,7 @@ from runner.studies.curves import curves_markdown, mean_curve
 from runner.studies.paired import Reference, paired_markdown, paired_rows
 from runner.studies.publish import publish
 from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG
-from runner.tracking import Tracker, child_runs, experiment_runs, tracking_of_run
+from runner.tracking import Tracker, child_runs, experiment_runs, metric_histories, tracking_of_run
 from schemas import UserError
 from schemas.training import Tracking
 
@@ -242,9 +242,11 @@ def make_report(
         text += paired_markdown(differences, factor, unit)
     if curve is not None:
         labels = _series_labels(rows, columns)
-        curves = {
-            f"{labels[id(row)]}, {row.group['labels']}": mean_curve(source.tracking, row.run_ids, curve) for row in rows
-        }
+        every_run = metric_histories(source.tracking, [run_id for row in rows for run_id in row.run_ids], curve)
+        curves, start = {}, 0
+        for row in rows:  # one store query for all rows, split back per row
+            histories, start = every_run[start : start + len(row.run_ids)], start + len(row.run_ids)
+            curves[f"{labels[id(row)]}, {row.group['labels']}"] = mean_curve(histories)
         if not any(curves.values()):
             raise UserError(f"{source.title}: no run logged the metric '{curve}' (--curve); e.g. test/accuracy")
         text += "\n" + curves_markdown(curves, curve, _scale(curve)[0])
