@@ -38,8 +38,14 @@ Overrides = Annotated[
     list[str] | None,
     typer.Option("--override", "-o", help="override a field: key.path=value (repeatable), e.g. -o seed=1"),
 ]
-TrackingUri = Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI of the store to read runs from")]
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI of the store to read runs from [default: the recipe default, sqlite:///mlruns/mlflow.db]",
+        show_default=False,
+    ),
+]
 MAX_ERROR_CHARS = 2000  # an error is read, not scrolled: 200k unknown keys must not print megabytes
 
 
@@ -62,7 +68,7 @@ def user_errors(command: Command) -> Command:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from runner.run.faults import describe_os_error
+        from runner.faults import describe_os_error
 
         try:
             return command(*args, **kwargs)
@@ -82,12 +88,14 @@ def user_errors(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
-def tracking_block(tracking_uri: str, experiment: str | None = None) -> Any:
-    """A `Tracking` from command-line options, validated like a recipe's `tracking` block."""
+def tracking_block(tracking_uri: str | None, experiment: str | None = None) -> Any:
+    """The `Tracking` of a command's options, validated like a recipe's `tracking` block (its defaults where an
+    option is not given). Built once here, at the edge, and passed down."""
     from schemas import validate_block
     from schemas.training import Tracking
 
-    fields = {"tracking_uri": tracking_uri} | ({} if experiment is None else {"experiment": experiment})
+    given = {"tracking_uri": tracking_uri, "experiment": experiment}
+    fields = {key: value for key, value in given.items() if value is not None}
     return validate_block(
         Tracking, fields, "tracking", {"tracking_uri": "--tracking-uri", "experiment": "--experiment"}
     )
@@ -122,7 +130,7 @@ def run(
         typer.Option(
             "--tracking-uri",
             help="the MLflow store: for a RECIPE, replaces its tracking.tracking_uri (artifacts still go to"
-            f" tracking.artifact_root); for --resume RUN_ID, where to find the run [default: {DEFAULT_TRACKING_URI}]",
+            " tracking.artifact_root); for --resume RUN_ID, where to find the run [default: sqlite:///mlruns/mlflow.db]",
             show_default=False,
         ),
     ] = None,
@@ -144,7 +152,7 @@ def run(
         if resume.endswith((".yaml", ".yml")) or Path(resume).exists():
             result = session.resume_latest(_with_store(_load(Path(resume), override), tracking_uri))
         else:
-            result = session.resume(resume, tracking_block(tracking_uri or DEFAULT_TRACKING_URI))
+            result = session.resume(resume, tracking_block(tracking_uri))
     else:
         extra_tags = dict(item.partition("=")[::2] for item in tag or [])
         result = session.execute(
@@ -218,7 +226,7 @@ def list_components(
 def ui(
     port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Open the MLflow UI on this project's store (Ctrl-C stops it), in MLflow's model-training view.
 
@@ -229,12 +237,11 @@ def ui(
     from runner.tracking import check_store, is_server
 
     tracking = tracking_block(tracking_uri)
-    if is_server(tracking_uri):
+    uri = tracking.tracking_uri
+    if is_server(uri):
         check_store(tracking)
-        typer.echo(
-            f"{tracking_uri} is an MLflow server: its UI is at {tracking_uri.rstrip('/')}"
-            "/#/experiments?workflowType=machine_learning"
-        )
+        link = f"{uri.rstrip('/')}/#/experiments?workflowType=machine_learning"
+        typer.echo(f"{uri} is an MLflow server: its UI is at {link}")
         return
     command = [
         sys.executable,
@@ -242,13 +249,13 @@ def ui(
         "mlflow",
         "ui",
         "--backend-store-uri",
-        tracking_uri,
+        uri,
         "--host",
         host,
         "--port",
         str(port),
     ]
-    typer.echo(f"MLflow UI on http://{host}:{port}/#/experiments?workflowType=machine_learning (store {tracking_uri})")
+    typer.echo(f"MLflow UI on http://{host}:{port}/#/experiments?workflowType=machine_learning (store {uri})")
     raise typer.Exit(subprocess.call(command))
 
 
@@ -257,15 +264,16 @@ def ui(
 def runs(
     experiment: Annotated[str, typer.Option(help="MLflow experiment name")] = "metassl",
     limit: Annotated[int, typer.Option(help="how many runs")] = 20,
-    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """List recent runs with their status and final accuracy; DEAD: RUNNING, but its process is gone (resume it)."""
     from runner.tracking import list_runs, quiet_libraries, shown_status
 
     quiet_libraries()
-    found_runs = list_runs(tracking_block(tracking_uri, experiment), limit)
+    tracking = tracking_block(tracking_uri, experiment)
+    found_runs = list_runs(tracking, limit)
     if not found_runs:
-        typer.echo(f"no runs in experiment '{experiment}' of {tracking_uri}")
+        typer.echo(f"no runs in experiment '{experiment}' of {tracking.tracking_uri}")
         return
     typer.echo(f"{'RUN ID':<32}  {'STATUS':<9} {'TEST ACC':>8}  NAME")
     for found in found_runs:
@@ -278,7 +286,7 @@ def runs(
 @user_errors
 def evaluate_run(
     run_id: Annotated[str, typer.Argument(help="an MLflow run id from metassl run")],
-    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Re-evaluate a finished run's logged weights on its test split."""
     from runner.run.evaluation_job import evaluate_logged_run
@@ -387,7 +395,7 @@ def report(
             " test/accuracy or val/accuracy"
         ),
     ] = None,
-    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    tracking_uri: TrackingUri = None,
     storage: Annotated[
         str | None, typer.Option(help="a study's Optuna database, if not the one logged with it (a password)")
     ] = None,
@@ -400,16 +408,16 @@ def report(
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
-    tracking_block(tracking_uri)
+    store = tracking_block(tracking_uri)
     if RUN_ID.match(source):
         from runner.studies.tune_report import is_study_parent, study_report
         from runner.tracking import tracking_of_run
 
-        tracking, run = tracking_of_run(tracking_uri, source)
+        tracking, run = tracking_of_run(store, source)
         if is_study_parent(run):
             typer.echo(study_report(run, tracking, storage, output), nl=False)
             return
-    typer.echo(make_report(source, tracking_uri, metric, output, reference, curve))
+    typer.echo(make_report(source, store, metric, output, reference, curve))
 
 
 @app.command()

@@ -77,7 +77,7 @@ def check_tracking_uri(uri: str) -> str:
         raise ValueError("empty; set an MLflow store such as sqlite:///mlruns/mlflow.db")
     scheme = urlparse(uri).scheme.lower()
     if len(scheme) <= 1:  # none, or a Windows drive letter
-        raise ValueError(f"'{uri}' is a path, not a URI; write sqlite:///{uri.lstrip('/')} (a SQLite file) instead")
+        raise ValueError(f"'{uri}' is a path, not a URI; write sqlite:///{uri} (a SQLite file) instead")
     if scheme.split("+", 1)[0] not in URI_SCHEMES:
         raise ValueError(
             f"unknown scheme '{scheme}'; use sqlite:///path.db, postgresql://user@host/db, http(s)://host:port"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from runner.tracking import EXPERIMENT_KIND_TAG, Tracker
+from runner.tracking import EXPERIMENT_KIND_TAG, MlflowTracker
 from schemas.training import Tracking
 
 
@@ -16,7 +16,7 @@ def store(root: Path, experiment: str) -> Tracking:
 
 def test_created_experiment_is_a_model_training_experiment(tmp_path: Path) -> None:
     tracking = store(tmp_path, "fresh")
-    with Tracker.open(tracking, run_name="r"):
+    with MlflowTracker.open(tracking, run_name="r"):
         pass
     experiment = MlflowClient(tracking.tracking_uri).get_experiment_by_name("fresh")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -29,6 +29,6 @@ def test_existing_experiment_without_the_kind_gets_it(tmp_path: Path) -> None:
     (tmp_path / "older").mkdir()
     client.create_experiment("older", artifact_location=(tmp_path / "older").as_uri())
     assert "mlflow.experimentKind" not in client.get_experiment_by_name("older").tags
-    with Tracker.open(tracking, run_name="r"):
+    with MlflowTracker.open(tracking, run_name="r"):
         pass
     assert client.get_experiment_by_name("older").tags["mlflow.experimentKind"] == "custom_model_development"

@@ -220,14 +220,14 @@ def test_meta_steps_lower_the_validation_loss_after_the_virtual_step(gradient: s
 
 @pytest.mark.slow
 def test_sample_grids_show_the_bank_moving(digits: tuple[Any, Any, Digits], tmp_path: Path) -> None:
-    from runner.tracking import Tracker
+    from runner.tracking import MlflowTracker
     from schemas.training import Tracking
 
     tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"))
     metassl_components = digits_components(digits, METHOD_BLOCKS["metassl_exact"])
     metassl = metassl_components.method
     fixed = digits_components(digits, METHOD_BLOCKS["generative_cosine"]).method
-    with Tracker.open(tracking, run_name="grids") as tracker:
+    with MlflowTracker.open(tracking, run_name="grids") as tracker:
         train(metassl_components, iterations=2)
         metassl.log_artifacts(10, tracker)
         metassl.log_artifacts(20, tracker)
@@ -235,7 +235,7 @@ def test_sample_grids_show_the_bank_moving(digits: tuple[Any, Any, Digits], tmp_
     assert grids == ["step_000000.png", "step_000010.png", "step_000020.png"]
     assert metassl.bank_grid().shape == (64, 1, 8, 8)
     assert not torch.equal(metassl.bank_grid(), metassl.bank_grid(metassl.initial_grid_latents))
-    with Tracker.open(tracking, run_name="fixed") as tracker:
+    with MlflowTracker.open(tracking, run_name="fixed") as tracker:
         fixed.log_artifacts(10, tracker)
         fixed.log_artifacts(20, tracker)  # a fixed bank does not change: one grid is enough
         assert [Path(f.path).name for f in tracker.client.list_artifacts(tracker.run_id, "bank")] == ["step_000000.png"]

@@ -57,7 +57,7 @@ def pretraining_numerics(threads: int, device: torch.device) -> Iterator[None]:
 
 def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime, force: bool = False) -> Path:
     """Train `config`'s generator on its source split and save it at `config.path`; skip if it exists."""
-    from runner.tracking import Tracker
+    from runner.tracking import MlflowTracker
 
     path = Path(config.path)
     if has_checkpoint(path) and not force:
@@ -89,7 +89,7 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
         generator.to(device)
         tags = {"metassl.kind": "pretrain", "metassl.generator": config.name, "metassl.threads": str(pretrain.threads)}
         with (
-            Tracker.open(tracking, run_name=f"pretrain-{path.name}", tags=tags) as tracker,
+            MlflowTracker.open(tracking, run_name=f"pretrain-{path.name}", tags=tags) as tracker,
             StageProgress("pretrain", pretrain.iterations) as progress,
         ):
             tracker.log_params({"generator": config.model_dump(mode="json"), "source": source.record})

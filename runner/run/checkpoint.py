@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from runner.run.faults import disk_full
+from runner.faults import disk_full
 from schemas import UserError
 
 CHECKPOINT_DIR = "checkpoints"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from runner import faults
 from runner.pretraining.pretrain import ensure_generator
-from runner.run import environment, faults, interrupts
+from runner.run import environment, interrupts
 from runner.run.build import Components, build_components, prepare_data
 from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
 from runner.run.evaluate import Evaluation
@@ -22,8 +23,10 @@ from runner.run.plots import close, confusion_figure, learning_curves_figure
 from runner.tracking import (
     FINAL_ACCURACY,
     RECIPE_ARTIFACT,
+    MlflowTracker,
     Tracker,
     check_store,
+    describe_store,
     download_artifact,
     find_run,
     latest_unfinished_run,
@@ -117,7 +120,7 @@ def execute(
     ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)
     components = build_components(recipe, prepared)
     run_id = resume_run_id
-    tracker: Tracker | None = None
+    tracker: MlflowTracker | None = None
     # The checkpoint is written in `scratch`, then logged to the run's artifact store (local or a server).
     with tempfile.TemporaryDirectory(prefix="metassl-run-") as scratch:
         state = LoopState()
@@ -126,7 +129,7 @@ def execute(
         try:
             with (
                 interrupts.deferred(),
-                Tracker.open(
+                MlflowTracker.open(
                     recipe.tracking,
                     run_name=recipe.tracking.run_name or recipe.name,
                     tags={**run_tags(recipe), **(extra_tags or {})},
@@ -142,6 +145,7 @@ def execute(
                     tracker.skip_logged_steps()
                     console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
                 console.print(f"run {tracker.run_id}: {escape(recipe.name)} on {components.device}")
+                console.print(escape(describe_store(recipe.tracking.tracking_uri)))
                 evaluation = train(components, tracker, checkpoint_file, state, on_validation)
                 if interrupts.requested():
                     raise interrupts.Interrupted(f"interrupted after the last iteration ({state.iteration})")
@@ -194,7 +198,9 @@ def resume(run_id: str, tracking: Tracking) -> RunResult:
     if run.info.status == "FINISHED":
         raise UserError(f"run {run_id} already finished; start a new one with `metassl run` on its recipe")
     refuse_live_run(run)
-    return execute(recipe, resume_run_id=run_id)
+    # The store it was found in, not the one its recipe names: the same store may be reached another way now.
+    store = recipe.tracking.model_copy(update={"tracking_uri": tracking.tracking_uri})
+    return execute(recipe.model_copy(update={"tracking": store}), resume_run_id=run_id)
 
 
 def resume_latest(recipe: Recipe) -> RunResult:

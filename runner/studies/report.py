@@ -15,7 +15,7 @@ from runner.studies.curves import curves_markdown, mean_curve
 from runner.studies.paired import Reference, paired_markdown, paired_rows
 from runner.studies.publish import publish
 from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG
-from runner.tracking import Tracker, child_runs, experiment_runs, metric_histories, tracking_of_run
+from runner.tracking import MlflowTracker, child_runs, experiment_runs, metric_histories, tracking_of_run
 from schemas import UserError
 from schemas.training import Tracking
 
@@ -74,9 +74,9 @@ def _newest_per(runs: list[Any], key_of: Any) -> list[Any]:
     return list(kept.values())
 
 
-def load_source(source: str, tracking_uri: str) -> Source:
+def load_source(source: str, store: Tracking) -> Source:
     if RUN_ID.match(source):
-        tracking, parent = tracking_of_run(tracking_uri, source)
+        tracking, parent = tracking_of_run(store, source)
         children = child_runs(tracking, source)
         if not children:
             raise UserError(f"run {source} has no child runs; give a sweep's parent run id or an experiment name")
@@ -85,7 +85,7 @@ def load_source(source: str, tracking_uri: str) -> Source:
         # Varying params rather than grid keys: a grid over whole blocks (method={...},{...}) has no param of its own.
         title = f"{parent.info.run_name} (parent run {source})"
         return Source(title, tracking, runs, _varying(runs), parent_run_id=source)
-    tracking = Tracking(tracking_uri=tracking_uri, experiment=source)
+    tracking = store.model_copy(update={"experiment": source})
     everything = [run for run in experiment_runs(tracking) if run.data.tags.get(ROLE_TAG) != "parent"]
     finished = [run for run in everything if run.info.status == "FINISHED"]
     runs = _newest_per(finished, lambda run: run.data.tags.get("metassl.recipe_hash", run.info.run_id))
@@ -211,7 +211,7 @@ def _series_labels(rows: list[Row], columns: list[str], full: bool = False) -> d
 
 def make_report(
     source_name: str,
-    tracking_uri: str,
+    store: Tracking,
     metric: str,
     output: Path | None,
     references: list[str] | None = None,
@@ -225,7 +225,7 @@ def make_report(
     import matplotlib.pyplot as plt
 
     parsed = [Reference.parse(text) for text in references or []]
-    source = load_source(source_name, tracking_uri)
+    source = load_source(source_name, store)
     columns, rows, missing = summarise(source, metric)
     if not rows:
         raise UserError(f"{source.title}: no finished run has the metric '{metric}'")
@@ -251,7 +251,7 @@ def make_report(
             raise UserError(f"{source.title}: no run logged the metric '{curve}' (--curve); e.g. test/accuracy")
         text += "\n" + curves_markdown(curves, curve, _scale(curve)[0])
     fig = figure(columns, rows, metric, source.title)
-    tracker = None if source.parent_run_id is None else Tracker.attach(source.tracking, source.parent_run_id)
+    tracker = None if source.parent_run_id is None else MlflowTracker.attach(source.tracking, source.parent_run_id)
     publish(tracker, output, {"results.md": text, "results.csv": csv_text(columns, rows, metric)}, {"results.png": fig})
     plt.close(fig)
     return text

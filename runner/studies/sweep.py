@@ -26,6 +26,7 @@ from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, Swe
 from runner.tracking import (
     FINAL_ACCURACY,
     PARENT_TAG,
+    MlflowTracker,
     Tracker,
     child_runs,
     create_run,
@@ -274,7 +275,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
         (parent_id, created), new_tags = claims.parent(plan, _parent_tags(plan)), {}
     else:
         (parent_id, new_tags), created = _open_parent(plan), False
-    with Tracker.open(plan.tracking, run_name=plan.name, tags=new_tags, resume_run_id=parent_id) as tracker:
+    with MlflowTracker.open(plan.tracking, run_name=plan.name, tags=new_tags, resume_run_id=parent_id) as tracker:
         if parent_id is None or created:
             _log_parent_inputs(tracker, plan)
         console.print(

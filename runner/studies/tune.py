@@ -22,7 +22,7 @@ from rich.console import Console
 
 from runner.studies.claims import claim, database_url, holder, redact, sqlite_url
 from runner.studies.search_space import SearchSpace, load_space, trial_recipe
-from runner.tracking import Tracker, create_run, delete_run, runs_with_tag, set_status
+from runner.tracking import MlflowTracker, Tracker, create_run, delete_run, runs_with_tag, set_status
 from schemas import Recipe, UserError, dump_recipe, set_override, validate_recipe
 from schemas.recipe import read_recipe_document
 from schemas.training import Tracking
@@ -161,7 +161,7 @@ def _parent_run(plan: TunePlan) -> str:
     if winner != candidate:
         delete_run(plan.tracking, candidate)
         return winner
-    tracker = Tracker.attach(plan.tracking, candidate)
+    tracker = MlflowTracker.attach(plan.tracking, candidate)
     tracker.log_params(
         {
             "tune.recipe": str(plan.recipe_path),
@@ -276,7 +276,7 @@ def _run_trial(plan: TunePlan, study: Any, trial: Any, parent_id: str) -> str:
         run_id = _trial_run_id(plan, trial_key)
         if run_id:
             trial.set_user_attr("run_id", run_id)
-            Tracker.attach(plan.tracking, run_id).set_tags({TRIAL_STATE_TAG: "PRUNED"})
+            MlflowTracker.attach(plan.tracking, run_id).set_tags({TRIAL_STATE_TAG: "PRUNED"})
             set_status(plan.tracking, run_id, "KILLED")
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return f"pruned ({exc}; {OBJECTIVE} {last[-1]:.4f})"
@@ -289,8 +289,8 @@ def _run_trial(plan: TunePlan, study: Any, trial: Any, parent_id: str) -> str:
         return f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     trial.set_user_attr("run_id", result.run_id)
     value = last[-1]
-    Tracker.attach(plan.tracking, result.run_id).set_tags({TRIAL_STATE_TAG: "COMPLETE"})
-    Tracker.attach(plan.tracking, result.run_id).log_metrics({"tune/objective": value}, step=total)
+    MlflowTracker.attach(plan.tracking, result.run_id).set_tags({TRIAL_STATE_TAG: "COMPLETE"})
+    MlflowTracker.attach(plan.tracking, result.run_id).log_metrics({"tune/objective": value}, step=total)
     study.tell(trial, value)
     return f"{OBJECTIVE} {value:.4f} (test {result.accuracy:.4f}, run {result.run_id}, {result.wall_seconds:.0f} s)"
 
@@ -307,7 +307,7 @@ def run_tune(plan: TunePlan) -> Any:
         + progress_line(study, plan.trials)
     )
     failures = 0
-    with Tracker.open(plan.tracking, resume_run_id=parent_id) as tracker:
+    with MlflowTracker.open(plan.tracking, resume_run_id=parent_id) as tracker:
         while _counted(study) < plan.trials and failures < MAX_FAILURES:
             trial = study.ask(plan.space.distributions())
             # Two workers may ask at the same moment for the last slot: the trial numbered later gives way.

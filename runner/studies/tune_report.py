@@ -8,7 +8,7 @@ from typing import Any
 
 from runner.studies.publish import publish
 from runner.studies.tune import OBJECTIVE, STORAGE_TAG, STUDY_TAG, _storage
-from runner.tracking import Tracker
+from runner.tracking import MlflowTracker
 from schemas import UserError
 from schemas.training import Tracking
 
@@ -121,6 +121,6 @@ def study_report(run: Any, tracking: Tracking, storage: str | None, output: Path
     text = "\n".join(lines) + "\n"
     fig = history_figure(study, f"study {study.study_name}")
     texts = {"study.md": text, "importances.json": json.dumps(importances, indent=2)}
-    publish(Tracker.attach(tracking, run.info.run_id), output, texts, {"history.png": fig})
+    publish(MlflowTracker.attach(tracking, run.info.run_id), output, texts, {"history.png": fig})
     plt.close(fig)
     return text
