@@ -12,6 +12,14 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from schemas.base import Block
 from schemas.components import Component
+from schemas.confidence import (
+    AnyPolicyOptions,
+    FlexMatchOptions,
+    FreeMatchOptions,
+    SoftMatchOptions,
+    ThresholdOptions,
+    check_policy_options,
+)
 
 
 class MethodBase(Component, kind="method"):
@@ -24,13 +32,36 @@ class Supervised(MethodBase, builder="runner.methods.supervised:build_supervised
     name: Literal["supervised"] = "supervised"
 
 
-class FixMatch(MethodBase, builder="runner.methods.fixmatch:build_fixmatch"):
+class RealDataSSL(MethodBase):
+    """FixMatch's step with *real* unlabeled data; the subclasses differ in their confidence policy."""
+
+    name: str
+    lambda_u: float = Field(default=1.0, ge=0.0)
+    unlabeled_batch_size: PositiveInt = Field(default=128, description="unlabeled images per step (mu * B)")
+
+
+class FixMatch(RealDataSSL, ThresholdOptions, builder="runner.methods.fixmatch:build_fixmatch"):
     """FixMatch with *real* unlabeled data (the images outside the labeled set, or STL-10's unlabeled split)."""
 
     name: Literal["fixmatch"] = "fixmatch"
-    lambda_u: float = Field(default=1.0, ge=0.0)
-    threshold: float = Field(default=0.95, ge=0.0, le=1.0)
-    unlabeled_batch_size: PositiveInt = Field(default=128, description="unlabeled images per step (mu * B)")
+
+
+class FlexMatch(RealDataSSL, FlexMatchOptions, builder="runner.methods.fixmatch:build_flexmatch"):
+    """FlexMatch with *real* unlabeled data: per-class thresholds from each class's learning effect."""
+
+    name: Literal["flexmatch"] = "flexmatch"
+
+
+class FreeMatch(RealDataSSL, FreeMatchOptions, builder="runner.methods.fixmatch:build_freematch"):
+    """FreeMatch with *real* unlabeled data: self-adaptive thresholds and the fairness term."""
+
+    name: Literal["freematch"] = "freematch"
+
+
+class SoftMatch(RealDataSSL, SoftMatchOptions, builder="runner.methods.fixmatch:build_softmatch"):
+    """SoftMatch with *real* unlabeled data: truncated Gaussian weights under uniform alignment."""
+
+    name: Literal["softmatch"] = "softmatch"
 
 
 class LatentInit(Block):
@@ -45,15 +76,18 @@ class LatentInit(Block):
     temperature: PositiveFloat = Field(default=1.0, description="tau in c_j = softmax(a_j / tau)")
 
 
-class Generative(MethodBase, builder="runner.methods.generative:build_generative"):
+class Generative(MethodBase, AnyPolicyOptions, builder="runner.methods.generative:build_generative"):
     """The generative baseline: synthetic unlabeled samples from *fixed* latents (no phase (i))."""
 
     needs_generator: ClassVar[bool] = True
     name: Literal["generative"] = "generative"
-    unsup_loss: Literal["feature_cosine", "fixmatch", "none"] = "feature_cosine"
+    unsup_loss: Literal["feature_cosine", "fixmatch", "flexmatch", "freematch", "softmatch", "none"] = Field(
+        default="feature_cosine",
+        description="L_u on the synthetic batch: feature_cosine, a pseudo-label loss with that confidence policy"
+        " (its options: method.threshold, ...), or none",
+    )
     lambda_u: float = Field(default=1.0, ge=0.0)
     stop_grad: bool = True
-    threshold: float = Field(default=0.95, ge=0.0, le=1.0, description="confidence threshold for unsup_loss=fixmatch")
     unlabeled_batch_size: PositiveInt = Field(default=128, description="synthetic images per SSL step")
     latents: LatentInit = LatentInit()
     views: Literal["strong_weak", "weak_weak"] = Field(
@@ -67,6 +101,11 @@ class Generative(MethodBase, builder="runner.methods.generative:build_generative
         description="keep each bank row's image and regenerate it only after its latents change (same images,"
         " less generator time; holds bank_size images in memory)",
     )
+
+    @model_validator(mode="after")
+    def _policy_options_fit_unsup_loss(self) -> Generative:
+        check_policy_options(self, self.unsup_loss, "unsup_loss")
+        return self
 
 
 class Meta(Block):

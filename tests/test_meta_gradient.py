@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier
 
 from runner.generators.base import Latents
+from runner.methods.confidence import ConfidencePolicy
 from runner.methods.losses import make_unsup_loss
 from runner.methods.meta_gradient import (
     MetaProblem,
@@ -43,7 +44,7 @@ def setup(resemblance: str = "mmd", unsup: str = "feature_cosine", scope: str = 
     problem = MetaProblem(
         classifier=classifier,
         scope=scope_parameters(classifier, scope, 1),
-        unsup=make_unsup_loss(unsup, stop_grad=False, threshold=0.0),
+        unsup=make_unsup_loss(unsup, stop_grad=False, policy=ConfidencePolicy(threshold=0.0)),
         resemblance=make_resemblance(resemblance),
         eta=0.5,
         lambda_r=lambda_r,

@@ -144,7 +144,7 @@ def test_meta_objective_without_the_validation_term_is_r_alone():
     common = dict(
         classifier=classifier,
         scope=dict(classifier.named_parameters()),
-        unsup=make_unsup_loss("feature_cosine", stop_grad=False, threshold=0.95),
+        unsup=make_unsup_loss("feature_cosine", stop_grad=False),
         resemblance=make_resemblance("mean_feature_l2"),
         eta=0.5,
         lambda_r=1.0,

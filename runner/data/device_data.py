@@ -71,12 +71,20 @@ class DeviceData:
         self, images: ImageSet, n: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """n images drawn uniformly with replacement, as float on the training device, and their labels."""
+        batch, labels, _ = self._draw_indexed(images, n, generator)
+        return batch, labels
+
+    def _draw_indexed(
+        self, images: ImageSet, n: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_draw`, plus the drawn images' indices in `images` (on the training device)."""
         if generator is None:
             index = torch.randint(len(images), (n,), device=self.storage)
         else:
             index = torch.randint(len(images), (n,), generator=generator).to(self.storage)
         batch = images.images[index].to(self.device, non_blocking=True)
-        return to_float(batch), images.labels[index].to(self.device, non_blocking=True)
+        labels = images.labels[index].to(self.device, non_blocking=True)
+        return to_float(batch), labels, index.to(self.device, non_blocking=True)
 
     def labeled_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Weakly augmented labeled images and their labels."""
@@ -102,11 +110,20 @@ class DeviceData:
     def has_unlabeled(self) -> bool:
         return self.unlabeled is not None
 
+    @property
+    def unlabeled_count(self) -> int:
+        return 0 if self.unlabeled is None else len(self.unlabeled)
+
     def unlabeled_batch(self, n: int) -> torch.Tensor:
         """Real unlabeled images as float in [0, 1], not augmented (methods augment their own views)."""
+        return self.indexed_unlabeled_batch(n)[0]
+
+    def indexed_unlabeled_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`unlabeled_batch`, plus each image's index in the unlabeled set (for policies that remember images)."""
         if self.unlabeled is None:
             raise RuntimeError("this dataset split has no real unlabeled images")
-        return self._draw(self.unlabeled, n)[0]
+        images, _, index = self._draw_indexed(self.unlabeled, n)
+        return images, index
 
     def labeled_images(self) -> torch.Tensor:
         """The whole labeled set as float in [0, 1], not augmented."""

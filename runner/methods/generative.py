@@ -8,8 +8,9 @@ import torch
 
 from runner.generators.base import Generator, Latents
 from runner.methods.base import Method, TrainContext
+from runner.methods.confidence import ConfidencePolicy, make_policy
 from runner.methods.latent_bank import LatentBank, initial_latents
-from runner.methods.losses import make_unsup_loss
+from runner.methods.losses import POLICIES, make_unsup_loss
 from runner.methods.sample_cache import SampleCache
 from runner.methods.semi_supervised import ssl_objective, two_views
 from schemas import UserError
@@ -34,7 +35,11 @@ class Generative(Method):
         self.generator: Generator = ctx.generator
         latents = initial_latents(self.generator, config.latents, ctx.seed, ctx.data.labeled_images)
         self.bank = LatentBank(latents, lr=latent_lr)
-        self.unsup = make_unsup_loss(config.unsup_loss, config.stop_grad, config.threshold)
+        self.policy: ConfidencePolicy | None = None
+        if config.unsup_loss in POLICIES:  # a pseudo-label loss on the synthetic batch; the bank rows are its pool
+            data = ctx.data
+            self.policy = make_policy(config.unsup_loss, config, data.num_classes, len(self.bank), data.device)
+        self.unsup = make_unsup_loss(config.unsup_loss, config.stop_grad, self.policy)
         self.initial_noise = self.bank.noise.detach().clone()
         self.cache = SampleCache(self.bank, self.render) if config.cache_samples else None
         self.grid_rows = torch.arange(min(config.grid_size, len(self.bank)), device=self.bank.noise.device)
@@ -57,8 +62,8 @@ class Generative(Method):
     def render(self, latents: Latents) -> torch.Tensor:
         return self.synthesize(self.generated_latents(latents))
 
-    def synthetic_batch(self, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        rows = self.bank.sample_indices(n)
+    def synthetic_batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The images of the bank's `rows`."""
         if self.cache is not None:
             return self.cache.get(rows).to(dtype)
         return self.render(self.bank.batch(rows)).to(dtype)
@@ -68,9 +73,12 @@ class Generative(Method):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.unsup is None:
             return self.supervised_loss(images, labels)
-        synthetic = self.synthetic_batch(self.config.unlabeled_batch_size, images.dtype)
+        rows = self.bank.sample_indices(self.config.unlabeled_batch_size)
+        synthetic = self.synthetic_batch(rows, images.dtype)
         views = two_views(self.ctx.data.augment, synthetic, self.config.views)
-        loss, metrics = ssl_objective(self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u)
+        loss, metrics = ssl_objective(
+            self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u, rows
+        )
         if self.cache is not None:
             metrics["synthetic/generated"] = self.cache.last_rendered
         return loss, metrics
@@ -91,10 +99,15 @@ class Generative(Method):
             tracker.log_image_grid(self.bank_grid(), f"bank/step_{iteration:06d}.png")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bank": self.bank.state_dict()}
+        state = {"bank": self.bank.state_dict()}
+        if self.policy is not None:
+            state["policy"] = self.policy.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bank.load_state_dict(state["bank"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state.get("policy", {}))  # a checkpoint from before policies: fixmatch's none
 
 
 def build_generative(config: GenerativeConfig, ctx: TrainContext) -> Method:

@@ -38,7 +38,8 @@ class MetaSSL(Generative):
         super().__init__(config, ctx, latent_lr=config.meta.lr)
         self.resemblance = make_resemblance(config.meta.resemblance)
         # Phase (i) applies the stop-gradient to theta itself (MetaProblem.stop_grad), not to the target features.
-        self.meta_unsup = make_unsup_loss(config.unsup_loss, stop_grad=False, threshold=config.threshold)
+        # Its virtual losses read the confidence policy's state and leave it to phase (ii) to update.
+        self.meta_unsup = make_unsup_loss(config.unsup_loss, stop_grad=False, policy=self.policy, learn=False)
         scope_parameters(ctx.classifier, config.meta.scope, config.meta.scope_blocks)  # a bad scope fails at build
         self.finder: LatentFinder | None = None
         if config.meta.finder == "mlp":

@@ -27,13 +27,17 @@ def ssl_objective(
     views: tuple[torch.Tensor, torch.Tensor],
     unsup: UnsupLoss,
     lambda_u: float,
+    index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One forward of `[labeled, online, target]`, so BatchNorm sees the whole batch as in FixMatch."""
+    """One forward of `[labeled, online, target]`, so BatchNorm sees the whole batch as in FixMatch.
+
+    `index`: the unlabeled images' indices in their pool, for confidence policies that remember each image.
+    """
     n_l, n_u = len(images), len(views[0])
     logits, features = classifier(torch.cat([images, *views]))
     sup = F.cross_entropy(full(logits[:n_l]), labels)
     online = (logits[n_l : n_l + n_u], features[n_l : n_l + n_u])
     target = (logits[n_l + n_u :], features[n_l + n_u :])
-    unsup_loss, metrics = unsup(online, target)
+    unsup_loss, metrics = unsup(online, target, index)
     loss = sup + lambda_u * unsup_loss
     return loss, {"loss/sup": sup.detach(), "loss/unsup": unsup_loss.detach(), **metrics}
