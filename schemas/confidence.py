@@ -63,13 +63,30 @@ class AnyPolicyOptions(FlexMatchOptions, FreeMatchOptions, SoftMatchOptions):
     """Every policy's options, for a method whose `unsup_loss` picks the policy."""
 
 
-def check_policy_options(block: Block, policy: str, picked_by: str) -> None:
-    """Refuse an option set away from its default that the picked policy does not read (one line, the fix)."""
+def policy_option_error(field: str, holder: str, fix: str) -> ValueError:
+    """`field` belongs to other confidence policies than the one `holder` uses: one line, naming the fix."""
+    owners = [name for name, options in POLICY_OPTIONS.items() if field in options.model_fields]
+    return ValueError(
+        f"{field} is an option of the {' or '.join(owners)} confidence policy, and {holder} has none;"
+        f" remove it or set {fix}: {owners[0]}"
+    )
+
+
+def check_policy_options(block: Block, policy: str) -> None:
+    """A method whose `unsup_loss` picks the policy: refuse an option set away from its default that it does not read.
+
+    (Defaults pass, so a resolved recipe, which lists every option, stays valid.)
+    """
     own = POLICY_OPTIONS[policy].model_fields if policy in POLICY_OPTIONS else {}
     for field, info in AnyPolicyOptions.model_fields.items():
         if field not in own and getattr(block, field) != info.default:
-            owners = " or ".join(name for name, options in POLICY_OPTIONS.items() if field in options.model_fields)
-            raise ValueError(
-                f"method.{field} is an option of the {owners} confidence policy, and {picked_by} '{policy}' has"
-                f" none; remove it or set {picked_by}: {owners.split(' or ')[0]}"
-            )
+            raise policy_option_error(field, f"unsup_loss '{policy}'", "method.unsup_loss")
+
+
+def check_own_policy_options(block: type[Block], data: object) -> None:
+    """A real-data method: a recipe key that is another policy's option names that policy, not just 'unknown'."""
+    if not isinstance(data, dict):
+        return
+    for field in data:
+        if field in AnyPolicyOptions.model_fields and field not in block.model_fields:
+            raise policy_option_error(field, f"method '{data.get('name')}'", "method.name")

@@ -6,7 +6,7 @@ docs/METHOD.md), not settings verified against its full text.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
@@ -18,6 +18,7 @@ from schemas.confidence import (
     FreeMatchOptions,
     SoftMatchOptions,
     ThresholdOptions,
+    check_own_policy_options,
     check_policy_options,
 )
 
@@ -38,6 +39,12 @@ class RealDataSSL(MethodBase):
     name: str
     lambda_u: float = Field(default=1.0, ge=0.0)
     unlabeled_batch_size: PositiveInt = Field(default=128, description="unlabeled images per step (mu * B)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_its_own_policy_options(cls, data: Any) -> Any:
+        check_own_policy_options(cls, data)
+        return data
 
 
 class FixMatch(RealDataSSL, ThresholdOptions, builder="runner.methods.fixmatch:build_fixmatch"):
@@ -104,7 +111,7 @@ class Generative(MethodBase, AnyPolicyOptions, builder="runner.methods.generativ
 
     @model_validator(mode="after")
     def _policy_options_fit_unsup_loss(self) -> Generative:
-        check_policy_options(self, self.unsup_loss, "unsup_loss")
+        check_policy_options(self, self.unsup_loss)
         return self
 
 
