@@ -1,5 +1,6 @@
-"""A `metassl` method run (warm-up, then a meta phase every other iteration) killed and resumed through the real CLI
-and loop ends with exactly the metrics of an uninterrupted run."""
+"""A `metassl` method run (warm-up, then a meta phase every other iteration), and a run of each real-data method with
+a stateful confidence policy, killed and resumed through the real CLI and loop, end with exactly the metrics of an
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -90,3 +91,35 @@ def test_killed_metassl_run_resumes_to_the_same_final_metrics(recipe: Path, tmp_
     assert f"resuming run {killed} at iteration {stopped_at}" in resumed.stderr
     assert client.get_run(killed).info.status == "FINISHED"
     assert final_metrics(client, killed) == expected
+
+
+@pytest.mark.parametrize("method", ["flexmatch", "freematch", "softmatch"])
+def test_killed_real_data_ssl_run_resumes_its_confidence_policy_exactly(method: str, tmp_path: Path) -> None:
+    """The policy's state (per-image records, EMAs) is in the checkpoint: the resumed run weighs as the uninterrupted
+    one did, so every logged metric, the policy's own among them, ends the same."""
+    document = {
+        "name": f"{method}_resume",
+        "data": {"name": "digits", "labels_per_class": 4, "batch_size": 16},
+        "classifier": {"name": "small_cnn", "width": 8},
+        "method": {"name": method, "unlabeled_batch_size": 16, "lambda_u": 1.0},
+        "schedule": {"iterations": 16, "eval_every": 8, "checkpoint_every": 2, "log_every": 2},
+        "runtime": {"device": "cpu", "threads": 1},
+    }
+    if method == "flexmatch":
+        document["method"]["threshold"] = 0.3  # digits' small model is rarely more confident early on
+    recipe = tmp_path / f"{method}_resume.yaml"
+    recipe.write_text(yaml.safe_dump(document))
+
+    reference_store = tmp_path / "reference"
+    uninterrupted = run_id_of(metassl("run", str(recipe), *tracking_overrides(reference_store)))
+    expected = final_metrics(client_for(reference_store), uninterrupted)
+    assert {"loss/unsup", "unsup/mask_rate", "final/test_accuracy"} <= expected.keys()
+
+    store = tmp_path / "killed"
+    checkpoint = kill_after_first_checkpoint(store, "run", str(recipe), *tracking_overrides(store))
+    killed = checkpoint.parents[2].name
+    policy = load_checkpoint(checkpoint)["method"]["policy"]  # type: ignore[index]
+    assert policy and load_checkpoint(checkpoint)["iteration"] < 16  # type: ignore[index]
+    resumed = metassl("run", "--resume", str(recipe), *tracking_overrides(store))
+    assert run_id_of(resumed) == killed
+    assert final_metrics(client_for(store), killed) == expected

@@ -78,6 +78,24 @@ def train(components: Components, iterations: int) -> list[dict[str, Any]]:
 METHOD_BLOCKS = {
     "supervised": {"name": "supervised"},
     "fixmatch": {"name": "fixmatch", "unlabeled_batch_size": 32, "threshold": 0.5},
+    "flexmatch": {"name": "flexmatch", "unlabeled_batch_size": 32, "threshold": 0.5},
+    "freematch": {"name": "freematch", "unlabeled_batch_size": 32, "fairness_weight": 0.01},
+    "softmatch": {"name": "softmatch", "unlabeled_batch_size": 32},
+    "generative_flexmatch": {
+        "name": "generative",
+        "unsup_loss": "flexmatch",
+        "threshold": 0.5,
+        "unlabeled_batch_size": 32,
+        "latents": {"bank_size": 64, "classes": "uniform"},
+    },
+    "metassl_freematch": {
+        "name": "metassl",
+        "unsup_loss": "freematch",
+        "fairness_weight": 0.01,
+        "unlabeled_batch_size": 32,
+        "latents": {"bank_size": 64},
+        "meta": {"latent_batch_size": 16, "validation_batch_size": 16},
+    },
     "generative_cosine": {"name": "generative", "unlabeled_batch_size": 32, "latents": {"bank_size": 64}},
     "generative_fixmatch": {
         "name": "generative",
@@ -130,6 +148,20 @@ EXPECTED_METRICS = {
     },
 }
 EXPECTED_METRICS["metassl_fd_last_block"] = EXPECTED_METRICS["metassl_exact"]
+POLICY_METRICS = {
+    "flexmatch": {"unsup/mask_rate", "unsup/threshold_mean"},
+    "freematch": {"unsup/mask_rate", "unsup/threshold_global", "unsup/regularizer"},
+    "softmatch": {"unsup/mask_rate", "unsup/confidence_mean", "unsup/confidence_var"},
+}
+for _policy, _metrics in POLICY_METRICS.items():
+    EXPECTED_METRICS[_policy] = {"loss/sup", "loss/unsup", *_metrics}
+EXPECTED_METRICS["generative_flexmatch"] = {
+    "loss/sup",
+    "loss/unsup",
+    "synthetic/generated",
+    *POLICY_METRICS["flexmatch"],
+}
+EXPECTED_METRICS["metassl_freematch"] = EXPECTED_METRICS["metassl_exact"] | POLICY_METRICS["freematch"]
 
 
 @pytest.mark.parametrize("variant", list(METHOD_BLOCKS))
@@ -145,6 +177,17 @@ def test_each_method_trains_on_digits(digits: tuple[Any, Any, Digits], variant: 
     if bank_before is not None:
         moved = (method.bank.noise != bank_before).any(dim=1).sum()
         assert (moved > 0) == method.has_meta_phase  # only phase (i) moves latents, never the SSL step
+
+
+def test_the_meta_phase_reads_the_confidence_policy_and_phase_ii_updates_it(digits: tuple[Any, Any, Digits]) -> None:
+    method = digits_components(digits, METHOD_BLOCKS["metassl_freematch"]).method
+    assert isinstance(method, MetaSSL) and method.policy is not None
+    before = method.state_dict()["policy"]
+    method.meta_phase(iteration=1, steps=1)
+    assert all(torch.equal(value, method.state_dict()["policy"][name]) for name, value in before.items())
+    images, labels = method.ctx.data.labeled_batch(BATCH)
+    method.ssl_loss(1, images, labels)
+    assert not torch.equal(before["global_threshold"], method.state_dict()["policy"]["global_threshold"])
 
 
 def test_meta_phase_leaves_the_classifier_and_batchnorm_statistics_alone(digits: tuple[Any, Any, Digits]) -> None:
