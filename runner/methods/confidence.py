@@ -91,7 +91,7 @@ class FlexMatchPolicy(ConfidencePolicy):
         scale = sigma.max()
         if self.warmup:
             scale = torch.maximum(scale, torch.tensor(len(self.selected) - len(used), dtype=torch.float64))
-        return sigma / scale if scale > 0 else torch.zeros_like(sigma)
+        return sigma / scale.clamp_min(1.0)  # scale 0 only when sigma is all 0 (a count otherwise: >= 1)
 
     def thresholds(self) -> torch.Tensor:
         return self.threshold * self.mapping(self.learning_effect())
@@ -201,10 +201,8 @@ class SoftMatchPolicy(ConfidencePolicy):
             return probs
         if learn:
             batch_mean = probs.detach().to(torch.float64).mean(dim=0)
-            if int(self.aligned_batches) == 0:
-                self.mean_probs.copy_(batch_mean)
-            else:
-                self.mean_probs.mul_(self.decay).add_((1 - self.decay) * batch_mean)
+            moved = self.mean_probs * self.decay + (1 - self.decay) * batch_mean
+            self.mean_probs.copy_(torch.where(self.aligned_batches == 0, batch_mean, moved))  # no host sync
             self.aligned_batches += 1
         aligned = probs / self.mean_probs.to(probs.dtype).clamp_min(torch.finfo(probs.dtype).tiny)
         return aligned / aligned.sum(dim=1, keepdim=True)
