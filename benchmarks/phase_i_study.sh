@@ -35,9 +35,11 @@ if [ "$STAGE" = select ]; then
     sweep select-supervised-lr0.01 "${P}_supervised.yaml" "${E[@]}" \
       -o optim.classifier.lr=0.01 --grid optim.classifier.weight_decay=0.0005,0.005
   fi
-  # The real-data SSL methods: lambda_u in {0.5, 1, 2} x two values of the policy's own main option.
+  # The real-data SSL methods: lambda_u in {0.5, 1, 2} x two values of the policy's own main option. FreeMatch's and
+  # SoftMatch's EMAs (decay 0.999 in the papers, for a million iterations) move a third of the way from their start
+  # in 400 iterations, so their decay is the option tried.
   declare -A POLICY_OPTION=([fixmatch]=method.threshold=0.8,0.95 [flexmatch]=method.threshold=0.8,0.95
-                            [freematch]=method.fairness_weight=0.001,0.01 [softmatch]=method.n_sigma=1,2)
+                            [freematch]=method.ema_decay=0.99,0.999 [softmatch]=method.ema_decay=0.99,0.999)
   for ssl in fixmatch flexmatch freematch softmatch; do
     if wanted "$ssl"; then
       sweep "select-$ssl" "${P}_$ssl.yaml" "${E[@]}" --grid method.lambda_u=1,2 --grid "${POLICY_OPTION[$ssl]}"
