@@ -226,22 +226,24 @@ def list_components(
 def ui(
     port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    experiment: Annotated[str | None, typer.Option(help="the experiment the link opens")] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Open the MLflow UI on this project's store (Ctrl-C stops it), in MLflow's model-training view.
+    """Open the MLflow UI on this project's store (Ctrl-C stops it), at the experiment's runs table.
 
     MLflow 3 picks its GenAI or model-training view per browser (the toggle at the top left, or the URL's
     `workflowType`); the printed link opens the model-training view: runs, metrics, charts, artifacts.
     For a tracking server (http://...), it points at the server's own UI instead.
     """
     from runner.tracking import check_store, is_server
+    from runner.ui_link import KEEP_VIEW_HINT, runs_table_link
 
-    tracking = tracking_block(tracking_uri)
+    tracking = tracking_block(tracking_uri, experiment)
     uri = tracking.tracking_uri
     if is_server(uri):
         check_store(tracking)
-        link = f"{uri.rstrip('/')}/#/experiments?workflowType=machine_learning"
-        typer.echo(f"{uri} is an MLflow server: its UI is at {link}")
+        typer.echo(f"{uri} is an MLflow server: its UI is at {runs_table_link(uri, tracking)}")
+        typer.echo(KEEP_VIEW_HINT)
         return
     command = [
         sys.executable,
@@ -255,8 +257,23 @@ def ui(
         "--port",
         str(port),
     ]
-    typer.echo(f"MLflow UI on http://{host}:{port}/#/experiments?workflowType=machine_learning (store {uri})")
+    typer.echo(f"MLflow UI on {runs_table_link(f'http://{host}:{port}', tracking)} (store {uri})")
+    typer.echo(KEEP_VIEW_HINT)
     raise typer.Exit(subprocess.call(command))
+
+
+@app.command("check-model")
+@user_errors
+def check_model(
+    model_uri: Annotated[str, typer.Argument(help="runs:/RUN_ID/model, models:/NAME/VERSION, models:/ID or a folder")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Check a logged model is the one metassl logged (its loader, no code, each file's SHA-256) before loading it."""
+    from runner.model_export.check import check_model as check
+    from runner.tracking import quiet_libraries
+
+    quiet_libraries()
+    typer.echo(check(model_uri, tracking_block(tracking_uri)))
 
 
 @app.command()

@@ -102,9 +102,16 @@ class Tracking(Block):
         description="where new experiments of a local store keep artifacts (a server keeps its own)",
     )
     run_name: str | None = Field(default=None, max_length=NAME_MAX)
-    log_model: bool = Field(default=True, description="log the final classifier weights as safetensors")
+    log_model: bool = Field(
+        default=True, description="log the final classifier: safetensors weights and an MLflow Model (runs:/ID/model)"
+    )
+    register_model: str | None = Field(
+        default=None, max_length=NAME_MAX, description="register each finished run's model as a version of this name"
+    )
+    system_metrics: bool = Field(default=True, description="log CPU, memory (and GPU) use while the run trains")
+    system_metrics_interval: PositiveFloat = Field(default=10.0, description="seconds between system-metric samples")
 
-    @field_validator("experiment", "run_name")
+    @field_validator("experiment", "run_name", "register_model")
     @classmethod
     def _named(cls, name: str | None) -> str | None:
         return None if name is None else check_name(name)
@@ -113,6 +120,12 @@ class Tracking(Block):
     @classmethod
     def _known_uri(cls, uri: str) -> str:
         return check_tracking_uri(uri)
+
+    @model_validator(mode="after")
+    def _registered_model_is_logged(self) -> Tracking:
+        if self.register_model and not self.log_model:
+            raise ValueError("tracking.register_model needs tracking.log_model: true (there is no model to register)")
+        return self
 
 
 class Runtime(Block):

@@ -16,6 +16,7 @@ from runner.generators.local_gan import LocalGANGenerator, load_local_gan
 from runner.pretraining import pretrain as pretrain_module
 from runner.pretraining.pretrain import ensure_generator, pretrain_generator
 from runner.pretraining.recipe import load_pretrain_recipe, pretrain_from_file
+from runner.pretraining.runs import GENERATOR_PATH_TAG, GENERATOR_RUN_TAG, pretraining_tracking
 from runner.registry import DATASETS, GENERATORS
 from schemas import RecipeError, UserError
 from schemas.data import FashionMNIST
@@ -72,7 +73,7 @@ def test_source_split_is_recorded(trained: tuple[LocalGAN, Tracking]) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(track.tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(track.experiment).experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(pretraining_tracking(track).experiment).experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["source.source_sha256"] == source["source_sha256"]
     assert "loss/d" in run.data.metrics and "loss/g" in run.data.metrics
@@ -239,6 +240,14 @@ def test_one_recipe_gives_one_generator_whichever_path_trains_it(fashion_mnist: 
             r"^pretrain 3/3  loss_d [0-9.]+  loss_g -?[0-9.]+  elapsed \S+  ETA 0:00:00$", result.stderr, re.M
         )
     assert "no generator at" in first_use.stderr
+    # Pretraining runs have their own experiment; the training run links to the one that made its generator.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run_recipe["tracking"]["tracking_uri"])
+    (trained,) = client.search_runs([client.get_experiment_by_name("metassl").experiment_id])
+    pretraining = client.get_experiment_by_name("metassl-pretraining").experiment_id
+    (maker,) = client.search_runs([pretraining], f"tags.`{GENERATOR_PATH_TAG}` = '{tmp_path / 'first_use'}'")
+    assert trained.data.tags[GENERATOR_RUN_TAG] == maker.info.run_id
     assert first_use.stderr.index("pretrain 3/3") < first_use.stderr.index("test accuracy")
 
     again = metassl("pretrain", str(tmp_path / "gan.yaml"))

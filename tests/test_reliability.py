@@ -296,7 +296,7 @@ def test_malicious_and_corrupt_checkpoints_are_refused_without_running_anything(
 @pytest.mark.slow
 def test_eval_with_garbage_or_mismatched_weights_is_one_line(short_run: tuple[Path, str, Path]):
     store, run_id, artifacts = short_run
-    weights = artifacts / "model" / "classifier.safetensors"
+    weights = artifacts / "weights" / "classifier.safetensors"
     good = weights.read_bytes()
     remedy = "re-download or re-log the run's weights, or re-run its recipe with `metassl run`"
     try:
@@ -305,7 +305,7 @@ def test_eval_with_garbage_or_mismatched_weights_is_one_line(short_run: tuple[Pa
         assert result.returncode == 2
         line = one_error_line(result.stderr)
         assert line.startswith(
-            f"error: weights model/classifier.safetensors of run {run_id} are unreadable ("
+            f"error: weights weights/classifier.safetensors of run {run_id} are unreadable ("
         ) and line.endswith(remedy), line
 
         save_file({"bogus": torch.zeros(3)}, str(weights))
@@ -313,7 +313,7 @@ def test_eval_with_garbage_or_mismatched_weights_is_one_line(short_run: tuple[Pa
         assert result.returncode == 2
         line = one_error_line(result.stderr)
         assert line.startswith(
-            f"error: weights model/classifier.safetensors of run {run_id} do not fit the run's classifier (missing "
+            f"error: weights weights/classifier.safetensors of run {run_id} do not fit the run's classifier (missing "
         ), line
         assert "unexpected bogus" in line and line.endswith(remedy)
     finally:

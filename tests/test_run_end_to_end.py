@@ -62,7 +62,7 @@ def test_run_logs_params_metrics_artifacts_and_tags(finished_run: tuple[Path, st
         "split/label_split.json",
         "environment/environment.json",
         "environment/pip_freeze.txt",
-        "model/classifier.safetensors",
+        "weights/classifier.safetensors",
         "plots/confusion_matrix.png",
         "plots/learning_curves.png",
         "metrics/final.json",

@@ -17,6 +17,7 @@ import torch
 from runner.pretraining.checkpoint import check_pretrain_matches, has_checkpoint, save_atomically
 from runner.pretraining.gan import GRID_PER_CLUSTER, train_gan
 from runner.pretraining.model import ConditionalGenerator
+from runner.pretraining.runs import GENERATOR_PATH_TAG, generator_key, pretraining_tracking
 from runner.pretraining.source import build_source
 from runner.progress import StageProgress, console
 from runner.run.runtime import select_device
@@ -87,9 +88,14 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
         generator.centroids.copy_(source.centroids)
         generator.centroid_scale.fill_(source.centroid_scale)
         generator.to(device)
-        tags = {"metassl.kind": "pretrain", "metassl.generator": config.name, "metassl.threads": str(pretrain.threads)}
+        tags = {
+            "metassl.kind": "pretrain",
+            "metassl.generator": config.name,
+            "metassl.threads": str(pretrain.threads),
+            GENERATOR_PATH_TAG: generator_key(config),
+        }
         with (
-            MlflowTracker.open(tracking, run_name=f"pretrain-{path.name}", tags=tags) as tracker,
+            MlflowTracker.open(pretraining_tracking(tracking), run_name=f"pretrain-{path.name}", tags=tags) as tracker,
             StageProgress("pretrain", pretrain.iterations) as progress,
         ):
             tracker.log_params({"generator": config.model_dump(mode="json"), "source": source.record})

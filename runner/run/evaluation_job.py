@@ -13,7 +13,7 @@ from runner.registry import CLASSIFIERS
 from runner.run.build import prepare_data
 from runner.run.evaluate import evaluate
 from runner.run.runtime import autocast_factory, configure, select_device
-from runner.run.session import WEIGHTS_ARTIFACT
+from runner.run.session import LEGACY_WEIGHTS_ARTIFACT, WEIGHTS_ARTIFACT
 from runner.tracking import FINAL_ACCURACY, recipe_of_run
 from schemas import UserError
 from schemas.training import Tracking
@@ -48,7 +48,11 @@ def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
     logged_run = recipe_of_run(run_id, tracking)
     recipe, run = logged_run.recipe, logged_run.run
     with tempfile.TemporaryDirectory(prefix="metassl-eval-") as tmp:
-        weights_path = logged_run.download(WEIGHTS_ARTIFACT, Path(tmp))
+        artifact = WEIGHTS_ARTIFACT
+        weights_path = logged_run.download(artifact, Path(tmp))
+        if weights_path is None:
+            artifact = LEGACY_WEIGHTS_ARTIFACT
+            weights_path = logged_run.download(artifact, Path(tmp))
         if weights_path is None:
             raise UserError(
                 f"run {run_id} has no {WEIGHTS_ARTIFACT}; only finished runs with tracking.log_model have weights"
@@ -58,7 +62,7 @@ def evaluate_logged_run(run_id: str, tracking: Tracking) -> str:
         prepared = prepare_data(recipe)
         data = DeviceData(prepared.splits, prepared.label_split, recipe.data, device)
         classifier = CLASSIFIERS.build(recipe.classifier, data.num_classes, data.channels, data.image_size)
-        load_weights(classifier.to(device), weights_path, device, f"{WEIGHTS_ARTIFACT} of run {run_id}")
+        load_weights(classifier.to(device), weights_path, device, f"{artifact} of run {run_id}")
     result = evaluate(
         classifier,
         data.test_batches(recipe.data.eval_batch_size),

@@ -62,6 +62,8 @@ def restore_state(components: Components, checkpoint: dict[str, Any]) -> LoopSta
     set_rng_state(checkpoint["rng"])
     history: dict[str, list[tuple[int, float]]] = defaultdict(list)
     history.update({key: [tuple(point) for point in points] for key, points in checkpoint["history"].items()})
+    if "train/loss" in history:  # a checkpoint from before the curves took the logged metric names
+        history["loss/total"] = history.pop("train/loss")
     return LoopState(checkpoint["iteration"], history, checkpoint["last_accuracy"])
 
 
@@ -152,7 +154,9 @@ def train(
                 logged["perf/images_per_s"] = images_per_step * window_steps / max(elapsed, 1e-9)
                 logged["perf/s_per_iteration"] = elapsed / window_steps
                 tracker.log_metrics(logged, step=state.iteration)
-                state.history["train/loss"].append((state.iteration, logged["loss/total"]))
+                for key, value in logged.items():
+                    if key.startswith("loss/"):
+                        state.history[key].append((state.iteration, value))
                 acc = "-" if state.last_accuracy is None else f"{state.last_accuracy:.3f}"
                 fields.update(loss=f"{logged['loss/total']:.3f}", acc=acc)
                 fields["img/s"] = f"{logged['perf/images_per_s']:.0f}"

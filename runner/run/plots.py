@@ -32,14 +32,22 @@ def confusion_figure(confusion: torch.Tensor, classes: list[str]) -> Any:
 
 
 def learning_curves_figure(history: dict[str, list[tuple[int, float]]]) -> Any:
-    """One panel per metric; `history` maps metric name -> [(step, value), ...]."""
-    names = [name for name, points in history.items() if points]
-    figure, axes_list = plt.subplots(1, max(1, len(names)), figsize=(4.0 * max(1, len(names)), 3.2), squeeze=False)
-    for axes, name in zip(axes_list[0], names, strict=False):
-        steps, values = zip(*history[name], strict=True)
-        axes.plot(steps, values, marker="." if len(steps) < 30 else None)
-        axes.set_title(name)
+    """One panel per metric group (`loss/...`, `test/...`), each curve under its logged MLflow metric name;
+    `history` maps metric name -> [(step, value), ...]."""
+    groups: dict[str, list[str]] = {}
+    for name, points in history.items():
+        if points:
+            groups.setdefault(name.split("/", 1)[0], []).append(name)
+    panels = list(groups.values())
+    figure, axes_list = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 3.2), squeeze=False)
+    for axes, names in zip(axes_list[0], panels, strict=False):
+        for name in names:
+            steps, values = zip(*history[name], strict=True)
+            axes.plot(steps, values, marker="." if len(steps) < 30 else None, label=name)
+        axes.set_title(", ".join(names), fontsize=9)
         axes.set_xlabel("iteration")
+        if len(names) > 1:
+            axes.legend(fontsize=8)
         axes.grid(alpha=0.3)
     figure.tight_layout()
     return figure

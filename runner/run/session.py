@@ -14,12 +14,16 @@ from rich.markup import escape
 
 from runner import faults
 from runner.pretraining.pretrain import ensure_generator
+from runner.pretraining.runs import generator_link_tags
 from runner.run import environment, interrupts
 from runner.run.build import Components, build_components, prepare_data
 from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
 from runner.run.evaluate import Evaluation
+from runner.run.lineage import log_datasets
+from runner.run.logged_model import log_model
 from runner.run.loop import LoopState, console, restore_state, train
 from runner.run.plots import close, confusion_figure, learning_curves_figure
+from runner.run.system_metrics import system_metrics
 from runner.tracking import (
     FINAL_ACCURACY,
     RECIPE_ARTIFACT,
@@ -36,7 +40,9 @@ from runner.tracking import (
 from schemas import Recipe, UserError, recipe_to_dict
 from schemas.training import Tracking
 
-WEIGHTS_ARTIFACT = "model/classifier.safetensors"
+# Not under `model/`: MLflow lists `runs:/ID/model/...` as the logged MLflow Model named `model`.
+WEIGHTS_ARTIFACT = "weights/classifier.safetensors"
+LEGACY_WEIGHTS_ARTIFACT = "model/classifier.safetensors"  # runs logged before the MLflow Model
 
 
 @dataclass
@@ -78,7 +84,7 @@ def _log_run_inputs(tracker: Tracker, components: Components) -> None:
         tracker.set_tags({"mlflow.source.git.commit": commit})
 
 
-def _log_run_outputs(tracker: Tracker, components: Components, evaluation: Evaluation, state: LoopState) -> None:
+def _log_run_outputs(tracker: MlflowTracker, components: Components, evaluation: Evaluation, state: LoopState) -> None:
     from safetensors.torch import save_file
 
     data = components.data
@@ -99,7 +105,8 @@ def _log_run_outputs(tracker: Tracker, components: Components, evaluation: Evalu
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "classifier.safetensors"
             save_file(weights, str(path), metadata={"classifier": components.recipe.classifier.name})
-            tracker.log_artifact(path, "model")
+            tracker.log_artifact(path, WEIGHTS_ARTIFACT.rpartition("/")[0])
+            log_model(tracker, components, path, state.iteration, run_tags(components.recipe))
 
 
 def execute(
@@ -132,7 +139,11 @@ def execute(
                 MlflowTracker.open(
                     recipe.tracking,
                     run_name=recipe.tracking.run_name or recipe.name,
-                    tags={**run_tags(recipe), **(extra_tags or {})},
+                    tags={
+                        **run_tags(recipe),
+                        **generator_link_tags(recipe.generator, recipe.tracking),
+                        **(extra_tags or {}),
+                    },
                     resume_run_id=resume_run_id,
                     parent_run_id=parent_run_id,
                 ) as tracker,
@@ -141,12 +152,14 @@ def execute(
                 checkpoint_file = checkpoint_path(Path(scratch))
                 if resume_run_id is None:
                     _log_run_inputs(tracker, components)
+                    log_datasets(tracker.client, tracker.run_id, components.data, recipe.data.name, recipe.seed)
                 else:
                     tracker.skip_logged_steps()
                     console.print(f"resuming run {resume_run_id} at iteration {state.iteration}")
                 console.print(f"run {tracker.run_id}: {escape(recipe.name)} on {components.device}")
                 console.print(escape(describe_store(recipe.tracking.tracking_uri)))
-                evaluation = train(components, tracker, checkpoint_file, state, on_validation)
+                with system_metrics(recipe.tracking, tracker.run_id, resume=resume_run_id is not None):
+                    evaluation = train(components, tracker, checkpoint_file, state, on_validation)
                 if interrupts.requested():
                     raise interrupts.Interrupted(f"interrupted after the last iteration ({state.iteration})")
                 _log_run_outputs(tracker, components, evaluation, state)
