@@ -66,7 +66,7 @@ if [ "$STAGE" = select ]; then
     sweep select-method-finder-strong-anchor "$P.yaml" "${M[@]}" -o method.meta.finder=mlp \
       -o method.meta.validation_augment=strong -o method.meta.finder_anchor=1
     sweep select-method-strong-more-steps "$P.yaml" "${M[@]}" -o method.meta.validation_augment=strong \
-      -o schedule.meta.every=1 -o method.meta.lr=0.2
+      -o method.meta.every=1 -o method.meta.lr=0.2
     # Phase (ii) is the generative baseline's SSL step, so the method also runs on the phase (ii) settings selected
     # for the generative (pseudo) baseline above (lambda_u 3, temperature 0.5), with phase (i) as shipped and its
     # two best variants above (the finder; the finder anchored to the bank).

@@ -17,13 +17,17 @@ from schemas import COMPONENT_CONFIGS, Component, UserError, load_plugins
 from schemas.components import KIND_LABELS
 
 
+def resolve_function(config: type[Component], target: str, role: str = "builder") -> Callable[..., Any]:
+    """Import the function a config class names (`package.module:function`) as its builder or preparer."""
+    module, _, name = target.partition(":")
+    function = getattr(importlib.import_module(module), name, None)
+    if not callable(function):
+        raise TypeError(f"{config.__name__}: {role} '{target}' is not a function")
+    return function
+
+
 def resolve_builder(config: type[Component]) -> Callable[..., Any]:
-    """Import the function a config class names as its builder."""
-    module, _, function = config.builder.partition(":")
-    builder = getattr(importlib.import_module(module), function, None)
-    if not callable(builder):
-        raise TypeError(f"{config.__name__}: builder '{config.builder}' is not a function")
-    return builder
+    return resolve_function(config, config.builder)
 
 
 class Registry:
@@ -54,6 +58,11 @@ class Registry:
     def build(self, config: Any, *args: Any, **kwargs: Any) -> Any:
         """Build from a validated recipe block: its `name` picks the builder, which receives the block."""
         return self.get(config.name)(config, *args, **kwargs)
+
+    def prepare(self, config: Any, **context: Any) -> None:
+        """Take the step the block declares before it is built (its `preparer`), if it declares one."""
+        if config.preparer is not None:
+            resolve_function(type(config), config.preparer, "preparer")(config, **context)
 
     def describe(self) -> dict[str, str]:
         """name -> first line of the config's docstring, for `metassl list` (imports no builder)."""

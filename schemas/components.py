@@ -34,6 +34,9 @@ class Component(Block):
 
     kind: ClassVar[str]
     builder: ClassVar[str]
+    # A step a run takes before building the block ("package.module:function", called with the block and the
+    # recipe's tracking and runtime), e.g. local_gan's pretraining of a missing checkpoint; None: nothing to do.
+    preparer: ClassVar[str | None] = None
 
     def __init_subclass__(cls, kind: str | None = None, builder: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)  # the class keywords are handled once pydantic has built the fields

@@ -123,6 +123,7 @@ class LocalGAN(GeneratorBase, builder="runner.generators.local_gan:build_local_g
     """The project's own small one-step generator, trained with `metassl pretrain` on a source split."""
 
     has_source_classifier: ClassVar[bool] = True
+    preparer: ClassVar[str | None] = "runner.pretraining.pretrain:ensure_generator"
     name: Literal["local_gan"] = "local_gan"
     path: Path = Field(description="directory written by save_pretrained (relative paths: from the working directory)")
     pretrain: Pretrain | None = Field(default=None, description="build the checkpoint on first use if missing")

@@ -23,8 +23,36 @@ from schemas.confidence import (
 )
 
 
+class MetaCadence(Block):
+    """When phase (i) runs: `steps` updates whenever `iteration % every == 0` (after the warm-up)."""
+
+    every: PositiveInt = Field(default=1, description="phase (i) every k iterations")
+    steps: PositiveInt = Field(default=1, description="meta-steps each time phase (i) runs")
+
+
 class MethodBase(Component, kind="method"):
+    """A method's block. Its capabilities are declared here, once per class, and the runner reads them; a plugin's
+    block declares them the same way."""
+
     needs_generator: ClassVar[bool] = False
+    # A block with a meta phase has a `meta` block deriving from MetaCadence (checked when the class is defined).
+    has_meta_phase: ClassVar[bool] = False
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        field = cls.model_fields.get("meta")
+        annotation = None if field is None else field.annotation
+        if cls.has_meta_phase and not (isinstance(annotation, type) and issubclass(annotation, MetaCadence)):
+            raise TypeError(f"{cls.__name__}: a method with a meta phase declares `meta: <a MetaCadence subclass>`")
+
+    def meta_cadence(self) -> MetaCadence | None:
+        """`method.meta`'s every and steps for a method with a meta phase; None without one."""
+        return self.meta if self.has_meta_phase else None  # type: ignore[attr-defined]  # checked above
+
+    def unlabeled_per_step(self) -> int:
+        """Unlabeled images each phase (ii) step draws besides the labeled batch (for images/s)."""
+        return 0
 
 
 class Supervised(MethodBase, builder="runner.methods.supervised:build_supervised"):
@@ -45,6 +73,9 @@ class RealDataSSL(MethodBase):
     def _only_its_own_policy_options(cls, data: Any) -> Any:
         check_own_policy_options(cls, data)
         return data
+
+    def unlabeled_per_step(self) -> int:
+        return self.unlabeled_batch_size
 
 
 class FixMatch(RealDataSSL, ThresholdOptions, builder="runner.methods.fixmatch:build_fixmatch"):
@@ -114,9 +145,12 @@ class Generative(MethodBase, AnyPolicyOptions, builder="runner.methods.generativ
         check_policy_options(self, self.unsup_loss)
         return self
 
+    def unlabeled_per_step(self) -> int:
+        return self.unlabeled_batch_size
 
-class Meta(Block):
-    """Phase (i): the meta-step on the latents."""
+
+class Meta(MetaCadence):
+    """Phase (i): when it runs, and the meta-step on the latents."""
 
     lr: PositiveFloat = Field(default=0.05, description="beta, Adam learning rate of the latents")
     virtual_lr: PositiveFloat | None = Field(
@@ -179,6 +213,7 @@ class Meta(Block):
 class MetaSSL(Generative, builder="runner.methods.metassl:build_metassl"):
     """The method: meta-optimized latents (phase i) plus SSL with the feature-cosine loss (phase ii)."""
 
+    has_meta_phase: ClassVar[bool] = True
     name: Literal["metassl"] = "metassl"  # type: ignore[assignment]
     meta: Meta = Meta()
 

@@ -71,10 +71,10 @@ class Recipe(Block):
                     f" {pretrain.source_fraction}, so labeled images could be in the generator's training set;"
                     " set them equal"
                 )
-        schedule = self.schedule
-        if hasattr(method, "meta") and schedule.meta.every > schedule.iterations:
+        cadence, iterations = method.meta_cadence(), self.schedule.iterations
+        if cadence is not None and cadence.every > iterations:
             raise ValueError(
-                f"schedule.meta.every: {schedule.meta.every} exceeds schedule.iterations ({schedule.iterations}),"
+                f"method.meta.every: {cadence.every} exceeds schedule.iterations ({iterations}),"
                 " so phase (i) would run at most once; lower it"
             )
         return self

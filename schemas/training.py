@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
@@ -10,20 +10,24 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_va
 from schemas.base import Block
 
 
-class MetaSchedule(Block):
-    """Phase (i) runs `steps` latent updates whenever `iteration % every == 0`."""
-
-    every: PositiveInt = 1
-    steps: PositiveInt = 1
-
-
 class Schedule(Block):
     iterations: PositiveInt = Field(default=1000, description="total training iterations")
     warmup: NonNegativeInt = Field(default=0, description="supervised-only iterations before any SSL or meta step")
-    meta: MetaSchedule = MetaSchedule()
     eval_every: PositiveInt = 200
     checkpoint_every: PositiveInt = 200
     log_every: PositiveInt = 20
+
+    @model_validator(mode="before")
+    @classmethod
+    def _meta_moved(cls, document: Any) -> Any:
+        if isinstance(document, dict) and "meta" in document:
+            old = document["meta"] if isinstance(document["meta"], dict) else {}
+            every, steps = old.get("every", 1), old.get("steps", 1)
+            raise ValueError(
+                f"schedule.meta: phase (i)'s settings moved to method.meta; write method.meta.every: {every} and"
+                f" method.meta.steps: {steps} there (drop them for a method without a meta phase)"
+            )
+        return document
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> Schedule:

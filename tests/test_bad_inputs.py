@@ -69,7 +69,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("lambda_u_nan", v("method.name=fixmatch", "method.lambda_u=.nan"), R + "method.lambda_u: Input should be a finite number (got nan)"),
     ("run_lr_inf", ["run", "{recipe}", "-o", "optim.classifier.lr=.inf"], R + "optim.classifier.lr: Input should be a finite number (got inf)"),
     # Impossible schedules
-    ("meta_every_beyond_iterations", v(*GENERATIVE, "schedule.meta.every=61"), R + "schedule.meta.every: 61 exceeds schedule.iterations (60), so phase (i) would run at most once; lower it"),
+    ("meta_every_beyond_iterations", v(*GENERATIVE, "method.meta.every=61"), R + "method.meta.every: 61 exceeds schedule.iterations (60), so phase (i) would run at most once; lower it"),
+    ("schedule_meta_moved", v("schedule.meta={every: 3, steps: 2}"), R + "schedule.meta: phase (i)'s settings moved to method.meta; write method.meta.every: 3 and method.meta.steps: 2 there (drop them for a method without a meta phase)"),
     ("warmup_beyond_iterations", v("schedule.warmup=61"), R + "schedule: schedule.warmup (61) exceeds schedule.iterations (60)"),
     ("iterations_zero", v("schedule.iterations=0"), R + "schedule.iterations: Input should be greater than 0 (got 0)"),
     ("eval_every_zero", v("schedule.eval_every=0"), R + "schedule.eval_every: Input should be greater than 0 (got 0)"),

@@ -76,7 +76,7 @@ def test_method_iterations_run_on_cuda_in_bf16(variant: str, tiny_gan: Path) -> 
     for iteration in range(4):
         loss, metrics = train_step(components, iteration, scaler)
         assert torch.isfinite(loss).item()
-        if method.has_meta_phase:
+        if method.config.has_meta_phase:
             assert torch.isfinite(metrics["meta/loss"]).item()
     images, _ = components.data.labeled_batch(16)
     assert images.device.type == "cuda"
@@ -86,4 +86,4 @@ def test_method_iterations_run_on_cuda_in_bf16(variant: str, tiny_gan: Path) -> 
     assert any(not torch.equal(a, b) for a, b in zip(before, classifier.parameters(), strict=True))
     if bank_before is not None:
         moved = not torch.equal(bank_before, method.bank.noise.detach())
-        assert moved == method.has_meta_phase  # only the method moves its latents
+        assert moved == method.config.has_meta_phase  # only the method moves its latents

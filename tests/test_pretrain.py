@@ -114,9 +114,9 @@ def test_ensure_generator_pretrains_on_first_use(fashion_mnist: None, tmp_path: 
     assert torch.equal(torch.get_rng_state(), rng_before)
 
 
-def test_ensure_generator_leaves_other_generators_alone(tmp_path: Path) -> None:
-    ensure_generator(Consistency(), tracking=tracking(tmp_path), runtime=Runtime())
-    ensure_generator(LocalGAN(path=tmp_path / "none"), tracking=tracking(tmp_path), runtime=Runtime())
+def test_preparing_leaves_other_generators_and_local_gan_without_pretrain_alone(tmp_path: Path) -> None:
+    GENERATORS.prepare(Consistency(), tracking=tracking(tmp_path), runtime=Runtime())
+    GENERATORS.prepare(LocalGAN(path=tmp_path / "none"), tracking=tracking(tmp_path), runtime=Runtime())
     assert list(tmp_path.iterdir()) == []
 
 

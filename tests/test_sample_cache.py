@@ -11,6 +11,7 @@ from method_toys import TinyGenerator, ToyData, one_thread, tiny_classifier, toy
 
 from runner.methods.generative import Generative
 from runner.methods.latent_bank import LatentBank
+from runner.methods.row_adam import RowAdam
 from runner.methods.sample_cache import SampleCache
 from runner.run.build import Components
 from runner.run.train_step import grad_scaler, train_step
@@ -25,9 +26,7 @@ def _one_thread() -> Iterator[None]:
 def bank_and_cache(rows: int = 10) -> tuple[LatentBank, SampleCache, TinyGenerator]:
     generator = TinyGenerator()
     rng = torch.Generator().manual_seed(0)
-    bank = LatentBank(
-        {"noise": torch.randn(rows, 5, generator=rng), "condition": torch.randn(rows, 3, generator=rng)}, 0.1
-    )
+    bank = LatentBank({"noise": torch.randn(rows, 5, generator=rng), "condition": torch.randn(rows, 3, generator=rng)})
     return bank, SampleCache(bank, generator), generator
 
 
@@ -45,7 +44,7 @@ def test_rows_render_once_until_their_latents_change() -> None:
     assert cache.last_rendered == 0
 
     moved = torch.tensor([1, 4])
-    bank.step(moved, {"noise": torch.ones(2, 5), "condition": torch.ones(2, 3)})
+    bank.step(RowAdam(bank.tensors(), 0.1), moved, {"noise": torch.ones(2, 5), "condition": torch.ones(2, 3)})
     after = cache.get(torch.tensor([1, 3, 4]))
     assert cache.last_rendered == 2  # row 1 moved, row 4 was never drawn, row 3 is still current
     assert torch.allclose(after, fresh(generator, bank, torch.tensor([1, 3, 4])), atol=1e-6)
@@ -61,7 +60,7 @@ def test_loading_a_checkpoint_marks_every_row_stale() -> None:
     state = copy.deepcopy(bank.state_dict())
     everything = torch.arange(len(bank))
     cache.get(everything)
-    bank.step(torch.tensor([0]), {"noise": torch.ones(1, 5), "condition": torch.ones(1, 3)})
+    bank.step(RowAdam(bank.tensors(), 0.1), torch.tensor([0]), {"noise": torch.ones(1, 5), "condition": torch.ones(1, 3)})
     bank.load_state_dict(state)
     assert torch.allclose(cache.get(everything), fresh(generator, bank, everything), atol=1e-6)
     assert cache.last_rendered == len(bank)

@@ -36,7 +36,7 @@ def test_defaults_are_filled_in():
     assert recipe.data.labels_per_class == 4
     assert recipe.generator.name == "none"
     assert recipe.tracking.tracking_uri == "sqlite:///mlruns/mlflow.db"
-    assert recipe.schedule.meta.every == 1
+    assert "meta" not in recipe.schedule.model_fields  # phase (i)'s cadence lives in method.meta
 
 
 def test_unknown_component_name_lists_registered_and_suggests():

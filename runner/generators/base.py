@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from schemas.errors import UserError
 
 Latents = dict[str, torch.Tensor]
 """`{"noise": N x *noise_shape}` plus `{"condition": N x *condition_shape}` when the generator takes one.
@@ -35,6 +37,17 @@ class Generator(nn.Module, ABC):
     spec: LatentSpec
     native_size: int
     channels: int
+    # Optional features, off here; a generator that has one overrides it (and its config block declares it, e.g.
+    # `has_source_classifier`, so that `metassl validate` knows without building it).
+    source: dict[str, Any] | None = None
+    """For a generator trained by this project: the dataset split it was trained on (`dataset`, `source_fraction`)."""
+
+    def source_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The generator's own classifier of `images` over its source classes (pseudo-conditional latents)."""
+        raise UserError(
+            f"method.latents.classes: 'pseudo' needs a source classifier, and generator '{type(self).__name__}' has"
+            " none; use 'random' or 'uniform'"
+        )
 
     def freeze(self) -> None:
         self.requires_grad_(False)

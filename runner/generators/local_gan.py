@@ -7,6 +7,7 @@ only loads it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +28,10 @@ class LocalGANGenerator(Generator):
         self.native_size = config.image_size
         self.channels = config.channels
         self.freeze()
+
+    @property
+    def source(self) -> dict[str, Any] | None:  # type: ignore[override]
+        return self.model.config.source
 
     def generate(self, latents: Latents) -> torch.Tensor:
         class_probs = self.class_probabilities(latents)

@@ -31,10 +31,10 @@ class TrainContext:
 
 
 class Method:
-    """Base method: supervised cross-entropy. Subclasses add an unsupervised term and/or a meta phase."""
+    """Base method: supervised cross-entropy. Subclasses add an unsupervised term and/or a meta phase.
 
-    has_meta_phase = False
-    uses_generator = False
+    What a method needs and does (a generator, a meta phase) is declared by its config block (schemas/methods.py).
+    """
 
     def __init__(self, config: Any, ctx: TrainContext) -> None:
         self.config = config

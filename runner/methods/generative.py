@@ -13,7 +13,6 @@ from runner.methods.latent_bank import LatentBank, initial_latents
 from runner.methods.losses import POLICIES, make_unsup_loss
 from runner.methods.sample_cache import SampleCache
 from runner.methods.semi_supervised import ssl_objective, two_views
-from schemas import UserError
 from schemas.methods import Generative as GenerativeConfig
 
 if TYPE_CHECKING:
@@ -23,18 +22,14 @@ if TYPE_CHECKING:
 class Generative(Method):
     """Phase (ii) with x~_j = G(z_j, c_j) from the bank; the bank moves only in subclasses with a meta phase."""
 
-    uses_generator = True
     config: GenerativeConfig
 
-    def __init__(self, config: GenerativeConfig, ctx: TrainContext, latent_lr: float | None = None) -> None:
+    def __init__(self, config: GenerativeConfig, ctx: TrainContext) -> None:
         super().__init__(config, ctx)
-        if ctx.generator is None:
-            raise UserError(
-                f"generator.name: method '{config.name}' needs a generator; set generator.name (e.g. local_gan)"
-            )
+        assert ctx.generator is not None, "the recipe's validation refuses a method that needs a generator without one"
         self.generator: Generator = ctx.generator
         latents = initial_latents(self.generator, config.latents, ctx.seed, ctx.data.labeled_images)
-        self.bank = LatentBank(latents, lr=latent_lr)
+        self.bank = LatentBank(latents)
         self.policy: ConfidencePolicy | None = None
         if config.unsup_loss in POLICIES:  # a pseudo-label loss on the synthetic batch; the bank rows are its pool
             data = ctx.data
@@ -91,11 +86,11 @@ class Generative(Method):
         return self.synthesize(latents).float()
 
     def log_artifacts(self, iteration: int, tracker: Tracker) -> None:
-        """The first `grid_size` latents of the bank as images: at the start, and (if the bank moves) now."""
+        """The first `grid_size` latents of the bank as images: at the start, and (with a meta phase) now."""
         if not self._initial_grid_logged:
             tracker.log_image_grid(self.bank_grid(self.initial_grid_latents), "bank/step_000000.png")
             self._initial_grid_logged = True
-        if self.bank.optimizer is not None:
+        if self.config.has_meta_phase:
             tracker.log_image_grid(self.bank_grid(), f"bank/step_{iteration:06d}.png")
 
     def state_dict(self) -> dict[str, Any]:

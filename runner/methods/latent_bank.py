@@ -1,4 +1,5 @@
-"""The latent bank Lambda = {(z_j, a_j)}: M generator latents held as parameters, with their own optimizer."""
+"""The latent bank Lambda = {(z_j, a_j)}: M generator latents held as parameters; a method with a meta phase moves
+them with its own optimizer."""
 
 from __future__ import annotations
 
@@ -21,21 +22,20 @@ class LatentBank(nn.Module):
     """`noise` (M x *noise_shape) and, for conditional generators, `condition` (M x *condition_shape).
 
     For class-conditional generators `condition` holds the logits `a_j`; prompt-conditioned
-    ones keep prompt embeddings there. With `lr` set, a row-wise Adam (`RowAdam`) updates
-    the rows of a meta-batch; without it the bank is fixed (the generative baselines).
+    ones keep prompt embeddings there. The bank is fixed unless its owner steps it with an
+    optimizer over `tensors()` (the method's row-wise Adam, `RowAdam`).
 
     `revision[j]` counts the changes to row j made through this API (step, constrain,
     load_state_dict), so a `SampleCache` knows which of its images are out of date.
     """
 
-    def __init__(self, latents: Latents, lr: float | None = None) -> None:
+    def __init__(self, latents: Latents) -> None:
         super().__init__()
         self.noise = nn.Parameter(latents["noise"].detach().clone(), requires_grad=False)
         condition = latents.get("condition")
         self.condition = (
             nn.Parameter(condition.detach().clone(), requires_grad=False) if condition is not None else None
         )
-        self.optimizer = RowAdam(self.tensors(), lr) if lr is not None else None
         self.revision = torch.zeros(len(self.noise), dtype=torch.long, device=self.noise.device)
 
     def __len__(self) -> int:
@@ -59,10 +59,9 @@ class LatentBank(nn.Module):
             for key, tensor in zip(self.keys(), self.tensors(), strict=True)
         }
 
-    def step(self, rows: torch.Tensor, grads: Latents) -> None:
-        if self.optimizer is None:
-            raise RuntimeError("this latent bank is fixed (built without a learning rate)")
-        self.optimizer.step(rows, [grads[key] for key in self.keys()])
+    def step(self, optimizer: RowAdam, rows: torch.Tensor, grads: Latents) -> None:
+        """One update of `rows` by the owner's `optimizer` (built over `tensors()`), with each key's gradients."""
+        optimizer.step(rows, [grads[key] for key in self.keys()])
         self.revision[rows] += 1
 
     @torch.no_grad()
@@ -78,10 +77,7 @@ class LatentBank(nn.Module):
         return self.noise.flatten(1).norm(dim=1).mean()
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        state = {key: tensor.detach().clone() for key, tensor in zip(self.keys(), self.tensors(), strict=True)}
-        if self.optimizer is not None:
-            state["optimizer"] = self.optimizer.state_dict()
-        return state
+        return {key: tensor.detach().clone() for key, tensor in zip(self.keys(), self.tensors(), strict=True)}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -93,8 +89,6 @@ class LatentBank(nn.Module):
                 )
             tensor.copy_(state[key])
         self.revision += 1
-        if self.optimizer is not None and "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
 
 
 def constrain_noise(z: torch.Tensor, kind: str, clip: float = 3.0) -> torch.Tensor:
@@ -133,14 +127,8 @@ def initial_latents(
 
 def pseudo_condition(generator: Generator, images: torch.Tensor, bank_size: int) -> torch.Tensor:
     """P-SSL-style class logits: the generator's source classifier on the labeled images, cycled over the bank."""
-    source_logits = getattr(generator, "source_logits", None)
-    if source_logits is None:
-        raise UserError(
-            f"method.latents.classes: 'pseudo' needs a source classifier, and generator"
-            f" '{type(generator).__name__}' has none (no source_logits); use 'random' or 'uniform'"
-        )
     with torch.no_grad():
-        logits = source_logits(images).float()
+        logits = generator.source_logits(images).float()
     rows = torch.arange(bank_size, device=logits.device) % len(logits)
     return logits[rows].to(generator_device(generator))
 

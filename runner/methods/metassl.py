@@ -19,6 +19,7 @@ from runner.methods.meta_gradient import (
     validation_forward,
 )
 from runner.methods.resemblance import make_resemblance
+from runner.methods.row_adam import RowAdam
 from runner.methods.semi_supervised import two_views
 from runner.methods.virtual_step import frozen_trunk_depth, scope_parameters, trunk_forward
 from schemas.methods import MetaSSL as MetaSSLConfig
@@ -31,11 +32,11 @@ def latent_drift(generated: Latents, latents: Latents) -> torch.Tensor:
 
 
 class MetaSSL(Generative):
-    has_meta_phase = True
     config: MetaSSLConfig
 
     def __init__(self, config: MetaSSLConfig, ctx: TrainContext) -> None:
-        super().__init__(config, ctx, latent_lr=config.meta.lr)
+        super().__init__(config, ctx)
+        self.bank_optimizer = RowAdam(self.bank.tensors(), config.meta.lr)
         self.resemblance = make_resemblance(config.meta.resemblance)
         # Phase (i) applies the stop-gradient to theta itself (MetaProblem.stop_grad), not to the target features.
         # Its virtual losses read the confidence policy's state and leave it to phase (ii) to update.
@@ -117,7 +118,7 @@ class MetaSSL(Generative):
         grads = torch.autograd.grad(outputs, leaves, grad_outputs=grad_outputs, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
         if self.finder is None:
-            self.bank.step(rows, dict(zip(latents, grads, strict=True)))
+            self.bank.step(self.bank_optimizer, rows, dict(zip(latents, grads, strict=True)))
             self.bank.constrain(rows, meta.latent_constraint, meta.clip)
             grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads) / len(rows))
         else:
@@ -131,6 +132,7 @@ class MetaSSL(Generative):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        state["bank"]["optimizer"] = self.bank_optimizer.state_dict()  # where the bank kept it: old checkpoints load
         if self.finder is not None:
             state["finder"] = self.finder.state_dict()
             state["finder_optimizer"] = self.finder_optimizer.state_dict()
@@ -138,6 +140,7 @@ class MetaSSL(Generative):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self.bank_optimizer.load_state_dict(state["bank"]["optimizer"])
         if self.finder is not None:
             self.finder.load_state_dict(state["finder"])
             self.finder_optimizer.load_state_dict(state["finder_optimizer"])

@@ -22,7 +22,7 @@ from runner.pretraining.source import build_source
 from runner.progress import StageProgress, console
 from runner.run.runtime import select_device
 from schemas.errors import UserError
-from schemas.generators import GeneratorBase, LocalGAN
+from schemas.generators import LocalGAN
 from schemas.training import Runtime, Tracking
 
 
@@ -113,10 +113,10 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
     return path
 
 
-def ensure_generator(config: GeneratorBase, *, tracking: Tracking, runtime: Runtime) -> None:
-    """The session step before building: a `local_gan` whose checkpoint is missing is pretrained now (once, then
-    cached); a cached one must have been trained with the recipe's pretrain block. Other generators need nothing."""
-    if not isinstance(config, LocalGAN) or config.pretrain is None:
+def ensure_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime) -> None:
+    """`local_gan`'s step before a run builds it (its `preparer`): a checkpoint that is missing is pretrained now
+    (once, then cached); a cached one must have been trained with the recipe's pretrain block."""
+    if config.pretrain is None:
         return
     if not has_checkpoint(Path(config.path)):
         console.print(f"no generator at {config.path} yet: pretraining it first (generator.pretrain)")

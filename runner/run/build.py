@@ -12,6 +12,7 @@ from runner.data.classes import restrict_classes
 from runner.data.device_data import DeviceData
 from runner.data.split import LabelSplit, make_label_split
 from runner.data.types import DatasetSplits
+from runner.generators.base import Generator
 from runner.methods.base import Method, TrainContext
 from runner.registry import CLASSIFIERS, DATASETS, GENERATORS, METHODS
 from runner.run.optim import EMA, build_optimizer, build_scheduler
@@ -52,9 +53,9 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return PreparedData(splits, label_split)
 
 
-def check_source_disjoint(recipe: Recipe, generator: Any) -> None:
+def check_source_disjoint(recipe: Recipe, generator: Generator | None) -> None:
     """A generator trained on this dataset must have used the same source split the recipe keeps unlabeled."""
-    source = getattr(getattr(getattr(generator, "model", None), "config", None), "source", None)
+    source = None if generator is None else generator.source
     if not source or source.get("dataset") != recipe.data.name:
         return
     expected = getattr(recipe.data, "source_fraction", None)
@@ -92,6 +93,4 @@ def assemble(
         seed=recipe.seed,
     )
     method = METHODS.build(recipe.method, ctx)
-    if method.uses_generator and generator is None:
-        raise UserError(f"generator.name: method '{recipe.method.name}' needs a generator; set generator.name")
     return Components(recipe, device, data, label_split, classifier, generator, method, optimizer, scheduler, ema, ctx)

@@ -120,7 +120,7 @@ def train(
     recipe = components.recipe
     schedule = recipe.schedule
     method, classifier, data = components.method, components.classifier, components.data
-    images_per_step = recipe.data.batch_size + int(getattr(recipe.method, "unlabeled_batch_size", 0))
+    images_per_step = recipe.data.batch_size + recipe.method.unlabeled_per_step()
     scaler = grad_scaler(components)
     window: dict[str, list[Any]] = defaultdict(list)
     window_start, window_steps = time.perf_counter(), 0

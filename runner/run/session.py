@@ -13,8 +13,8 @@ from pathlib import Path
 from rich.markup import escape
 
 from runner import faults
-from runner.pretraining.pretrain import ensure_generator
 from runner.pretraining.runs import generator_link_tags
+from runner.registry import GENERATORS
 from runner.run import environment, interrupts
 from runner.run.build import Components, build_components, prepare_data
 from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
@@ -124,7 +124,7 @@ def execute(
     started = time.perf_counter()
     check_store(recipe.tracking)  # a read-only or unreachable store fails before any data loads
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
-    ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)
+    GENERATORS.prepare(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)
     components = build_components(recipe, prepared)
     run_id = resume_run_id
     tracker: MlflowTracker | None = None

@@ -23,15 +23,15 @@ def train_step(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Run iteration `iteration` and return its loss and the method's metrics (tensors not yet synchronised)."""
     recipe, method, optimizer = components.recipe, components.method, components.optimizer
-    schedule = recipe.schedule
+    cadence = recipe.method.meta_cadence()
     images, labels = components.data.labeled_batch(recipe.data.batch_size)
     metrics: dict[str, Any] = {}
-    if iteration < schedule.warmup:
+    if iteration < recipe.schedule.warmup:
         with components.ctx.autocast():
             loss, metrics = method.supervised_loss(images, labels)
     else:
-        if method.has_meta_phase and iteration % schedule.meta.every == 0:
-            metrics.update(method.meta_phase(iteration, schedule.meta.steps))
+        if cadence is not None and iteration % cadence.every == 0:
+            metrics.update(method.meta_phase(iteration, cadence.steps))
         with components.ctx.autocast():
             loss, ssl_metrics = method.ssl_loss(iteration, images, labels)
         metrics.update(ssl_metrics)

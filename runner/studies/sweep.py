@@ -20,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from runner.registry import GENERATORS
 from runner.studies.claims import claim, holder, release
 from runner.studies.sweep_grid import canonical_value
 from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
@@ -268,8 +269,6 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
     """Run every child not finished yet; raise SweepFailed at the end if any failed.
 
     With `storage` (a database URL), several workers share the sweep: each child runs on the first to claim it."""
-    from runner.pretraining.pretrain import ensure_generator  # imports torch, which planning a sweep does not need
-
     claims = Claims(storage, plan) if storage else None
     if claims is not None:
         (parent_id, created), new_tags = claims.parent(plan, _parent_tags(plan)), {}
@@ -317,7 +316,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
 
         for child in todo:  # here, once, rather than in every child at the same time
             recipe = child.recipe
-            ensure_generator(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)  # type: ignore[union-attr]
+            GENERATORS.prepare(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)  # type: ignore[union-attr]
         with tempfile.TemporaryDirectory(prefix="metassl-sweep-") as tmp:
             Runner(plan, tracker.run_id, jobs, Path(tmp), claims).run(todo, on_done)
         if claims is not None:
