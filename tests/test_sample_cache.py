@@ -60,7 +60,8 @@ def test_loading_a_checkpoint_marks_every_row_stale() -> None:
     state = copy.deepcopy(bank.state_dict())
     everything = torch.arange(len(bank))
     cache.get(everything)
-    bank.step(RowAdam(bank.tensors(), 0.1), torch.tensor([0]), {"noise": torch.ones(1, 5), "condition": torch.ones(1, 3)})
+    grads = {"noise": torch.ones(1, 5), "condition": torch.ones(1, 3)}
+    bank.step(RowAdam(bank.tensors(), 0.1), torch.tensor([0]), grads)
     bank.load_state_dict(state)
     assert torch.allclose(cache.get(everything), fresh(generator, bank, everything), atol=1e-6)
     assert cache.last_rendered == len(bank)

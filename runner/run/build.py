@@ -61,8 +61,9 @@ def check_source_disjoint(recipe: Recipe, generator: Generator | None) -> None:
     expected = getattr(recipe.data, "source_fraction", None)
     if expected is not None and abs(source["source_fraction"] - expected) > 1e-9:
         raise UserError(
-            f"data.source_fraction: {expected} differs from the {source['source_fraction']} the generator at "
-            f"{recipe.generator.path} was trained with, so labeled images could be in its training set; set them equal"
+            f"data.source_fraction: {expected} differs from the {source['source_fraction']} generator"
+            f" '{recipe.generator.name}' was trained with, so labeled images could be in its training set; set them"
+            " equal"
         )
 
 
