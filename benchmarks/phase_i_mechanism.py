@@ -2,9 +2,10 @@
 
     python benchmarks/phase_i_mechanism.py phase-i-select --tracking-uri sqlite:///mlruns/mlflow.db
 
-One row per configuration (the method's params that vary between its runs), means over its seeds of: the validation
-loss before and after the virtual step and the meta-gradient norm, each averaged over the run, and, at the run's
-end, how far the generated noise moved from its start, the entropy of the class conditions, and the finder's drift.
+One row per configuration (the method's params that vary between its runs, as `metassl report` groups them), means
+over its seeds of: the validation loss before and after the virtual step and the meta-gradient norm, each averaged
+over the run, and, at the run's end, how far the generated noise moved from its start, the entropy of the class
+conditions, and the finder's drift.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import statistics
 from collections import defaultdict
 
 from mlflow.tracking import MlflowClient
+
+from runner.studies.report import varying_params
 
 AVERAGED = ("meta/val_loss_before", "meta/val_loss_after", "meta/latent_grad_norm")
 AT_END = ("latents/noise_shift", "latents/condition_entropy", "meta/finder_drift")
@@ -45,12 +48,7 @@ def main() -> None:
     runs = client.search_runs(
         [experiment.experiment_id], "params.`method.name` = 'metassl' and attributes.status = 'FINISHED'"
     )
-    ignored = {"seed", "name"}
-    seen: dict[str, set[str]] = defaultdict(set)
-    for run in runs:
-        for key, value in run.data.params.items():
-            seen[key].add(value)
-    keys = sorted(k for k, v in seen.items() if len(v) > 1 and k not in ignored and not k.startswith("tracking."))
+    keys = varying_params(runs)  # the rule `metassl report` groups its rows by
     groups: dict[tuple[str, ...], list[dict[str, float]]] = defaultdict(list)
     for run in runs:
         groups[tuple(run.data.params.get(key, "-") for key in keys)].append(run_values(client, run.info.run_id))

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from runner.common.ema import EMA
 from runner.pretraining.discriminator import ProjectionDiscriminator
 from runner.pretraining.model import ConditionalGenerator
 from runner.pretraining.source import SourceSet
 from runner.progress import StageProgress
-from runner.run.optim import EMA
 from schemas.generators import Pretrain
 
 GRID_PER_CLUSTER = 8

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 from runner.classifiers.base import Classifier
+from runner.common.device import select_device
+from runner.common.ema import EMA
 from runner.data.classes import restrict_classes
 from runner.data.device_data import DeviceData
 from runner.data.split import LabelSplit, make_label_split
@@ -15,8 +17,8 @@ from runner.data.types import DatasetSplits
 from runner.generators.base import Generator
 from runner.methods.base import Method, TrainContext
 from runner.registry import CLASSIFIERS, DATASETS, GENERATORS, METHODS
-from runner.run.optim import EMA, build_optimizer, build_scheduler
-from runner.run.runtime import autocast_factory, configure, select_device
+from runner.run.optim import build_optimizer, build_scheduler
+from runner.run.runtime import autocast_factory, configure
 from schemas import Recipe, UserError
 
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from runner.common.device import select_device
 from runner.data.device_data import DeviceData
 from runner.registry import CLASSIFIERS
 from runner.run.build import prepare_data
 from runner.run.evaluate import evaluate
-from runner.run.runtime import autocast_factory, configure, select_device
+from runner.run.runtime import autocast_factory, configure
 from runner.run.session import LEGACY_WEIGHTS_ARTIFACT, WEIGHTS_ARTIFACT
 from runner.tracking import FINAL_ACCURACY, recipe_of_run
 from schemas import UserError

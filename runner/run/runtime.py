@@ -1,4 +1,4 @@
-"""Device choice, seeding, determinism and autocast, from the recipe's `runtime` block."""
+"""Seeding, determinism and autocast from the recipe's `runtime` block (its device: runner/common/device.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,7 @@ from typing import Any
 
 import torch
 
-from schemas import UserError
 from schemas.training import Runtime
-
-
-def select_device(runtime: Runtime) -> torch.device:
-    if runtime.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("runtime.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
-    if runtime.device == "cpu" or (runtime.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda")
 
 
 def configure(runtime: Runtime, seed: int, device: torch.device) -> None:

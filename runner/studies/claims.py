@@ -10,7 +10,9 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from runner.tracking import create_run, delete_run
 from schemas import UserError
+from schemas.training import Tracking
 
 TABLE = "metassl_claims"
 
@@ -79,6 +81,21 @@ def release(url: str, key: str, owner: str) -> None:
         connection.execute(
             sqlalchemy.text(f"DELETE FROM {TABLE} WHERE key = :key AND owner = :owner"), {"key": key, "owner": owner}
         )
+
+
+def claim_parent_run(url: str, key: str, tracking: Tracking, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The parent run of a shared study or sweep: (its run id, whether this worker created it).
+
+    Each worker that finds `key` unclaimed creates a candidate run and claims `key` for it; the first claim wins and
+    the losers delete their candidates, so the parent run exists exactly once."""
+    existing = holder(url, key)
+    if existing is not None:
+        return existing, False
+    candidate = create_run(tracking, run_name, tags)
+    winner = claim(url, key, candidate)
+    if winner != candidate:
+        delete_run(tracking, candidate)
+    return winner, winner == candidate
 
 
 def redact(url: str) -> str:

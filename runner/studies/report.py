@@ -57,7 +57,7 @@ class Row:
         return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
 
 
-def _varying(runs: list[Any]) -> list[str]:
+def varying_params(runs: list[Any]) -> list[str]:
     """Params with two or more values among the runs that have them (tracking.* and seed aside)."""
     seen: dict[str, set[str]] = {}
     for run in runs:
@@ -84,12 +84,12 @@ def load_source(source: str, store: Tracking) -> Source:
         runs = _newest_per(finished, lambda run: run.data.tags.get(CHILD_TAG, run.info.run_id))
         # Varying params rather than grid keys: a grid over whole blocks (method={...},{...}) has no param of its own.
         title = f"{parent.info.run_name} (parent run {source})"
-        return Source(title, tracking, runs, _varying(runs), parent_run_id=source)
+        return Source(title, tracking, runs, varying_params(runs), parent_run_id=source)
     tracking = store.model_copy(update={"experiment": source})
     everything = [run for run in experiment_runs(tracking) if run.data.tags.get(ROLE_TAG) != "parent"]
     finished = [run for run in everything if run.info.status == "FINISHED"]
     runs = _newest_per(finished, lambda run: run.data.tags.get("metassl.recipe_hash", run.info.run_id))
-    return Source(f"experiment {source}", tracking, runs, _varying(runs))
+    return Source(f"experiment {source}", tracking, runs, varying_params(runs))
 
 
 def _labels_order(labels: str) -> tuple[int, str]:

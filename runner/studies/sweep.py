@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.registry import GENERATORS
-from runner.studies.claims import claim, holder, release
+from runner.studies.claims import claim, claim_parent_run, release
 from runner.studies.sweep_grid import canonical_value
 from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
 from runner.tracking import (
@@ -30,8 +30,6 @@ from runner.tracking import (
     MlflowTracker,
     Tracker,
     child_runs,
-    create_run,
-    delete_run,
     mark_failed,
     runs_with_tag,
 )
@@ -101,15 +99,7 @@ class Claims:
 
     def parent(self, plan: SweepPlan, tags: dict[str, str]) -> tuple[str, bool]:
         """(the parent run id, whether this worker created it): the first worker to claim it creates it."""
-        key = f"{self.prefix}/parent"
-        existing = holder(self.storage, key)
-        if existing is not None:
-            return existing, False
-        candidate = create_run(plan.tracking, plan.name, tags)
-        winner = claim(self.storage, key, candidate)
-        if winner != candidate:
-            delete_run(plan.tracking, candidate)
-        return winner, winner == candidate
+        return claim_parent_run(self.storage, f"{self.prefix}/parent", plan.tracking, plan.name, tags)
 
 
 class Runner:

@@ -20,9 +20,10 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from runner.studies.claims import claim, database_url, holder, redact, sqlite_url
+from runner.studies.claims import claim_parent_run, database_url, holder, redact, sqlite_url
 from runner.studies.search_space import SearchSpace, load_space, trial_recipe
-from runner.tracking import MlflowTracker, Tracker, create_run, delete_run, runs_with_tag, set_status
+from runner.studies.sweep_plan import ROLE_TAG
+from runner.tracking import MlflowTracker, Tracker, runs_with_tag, set_status
 from schemas import Recipe, UserError, dump_recipe, set_override, validate_recipe
 from schemas.recipe import read_recipe_document
 from schemas.training import Tracking
@@ -30,7 +31,6 @@ from schemas.training import Tracking
 console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 OBJECTIVE = "val/accuracy"
-ROLE_TAG = "metassl.sweep.role"  # shared with sweeps, so `metassl report EXPERIMENT` leaves parents out
 STUDY_TAG = "metassl.tune.study"
 STORAGE_TAG = "metassl.tune.storage"
 TRIAL_TAG = "metassl.tune.trial"
@@ -146,22 +146,16 @@ def open_study(plan: TunePlan) -> Any:
 
 def _parent_run(plan: TunePlan) -> str:
     """The study's parent run: whoever claims it first in the storage database creates it; the others use it."""
-    key = f"tune/{plan.study_name}/parent"
-    existing = holder(plan.storage, key)
-    if existing is not None:
-        return existing
     tags = {
         ROLE_TAG: "parent",
         STUDY_TAG: plan.study_name,
         STORAGE_TAG: redact(plan.storage),
         "mlflow.note.content": f"Optuna study `{plan.study_name}` of `{plan.recipe_path}` over `{plan.space.path}`.",
     }
-    candidate = create_run(plan.tracking, f"tune {plan.study_name}", tags)
-    winner = claim(plan.storage, key, candidate)
-    if winner != candidate:
-        delete_run(plan.tracking, candidate)
-        return winner
-    tracker = MlflowTracker.attach(plan.tracking, candidate)
+    parent, created = claim_parent_run(plan.storage, _parent_key(plan), plan.tracking, f"tune {plan.study_name}", tags)
+    if not created:
+        return parent
+    tracker = MlflowTracker.attach(plan.tracking, parent)
     tracker.log_params(
         {
             "tune.recipe": str(plan.recipe_path),
@@ -173,7 +167,7 @@ def _parent_run(plan: TunePlan) -> str:
     )
     tracker.log_text(plan.space.text, "tune/space.yaml")
     tracker.log_text(yaml.safe_dump(plan.document, sort_keys=False), "tune/base_recipe.yaml")
-    return candidate
+    return parent
 
 
 def _states(study: Any) -> dict[str, int]:
@@ -349,5 +343,9 @@ def summary(plan: TunePlan, study: Any, parent_id: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _parent_key(plan: TunePlan) -> str:
+    return f"tune/{plan.study_name}/parent"
+
+
 def parent_of(plan: TunePlan) -> str | None:
-    return holder(plan.storage, f"tune/{plan.study_name}/parent")
+    return holder(plan.storage, _parent_key(plan))
