@@ -166,10 +166,16 @@ def run(
 @app.command()
 @user_errors
 def validate(recipe: RecipeArg, override: Overrides = None) -> None:
-    """Check a recipe without any torch work, and that its tracking store is writable (or its server answers)."""
+    """Check a recipe without any torch work: its fields, the folders and checkpoint it names, a CUDA device if it
+    asks for one, and that its tracking store is writable (or its server answers)."""
     from runner.tracking import check_store
 
     loaded = _load(recipe, override)
+    loaded.check_inputs()
+    if loaded.runtime.device == "cuda":  # only then is torch imported, to ask for the device
+        from runner.common.device import select_device
+
+        select_device(loaded.runtime)
     check_store(loaded.tracking)
     typer.echo(
         f"ok: {recipe} is a valid recipe ({loaded.method.name} on {loaded.data.name}, "
@@ -332,10 +338,10 @@ def pretrain(
 
     [bold]metassl pretrain recipes/generators/fashion_mnist_gan.yaml[/bold]
     """
-    from runner.pretraining.checkpoint import has_checkpoint
     from runner.pretraining.pretrain import pretrain_generator
     from runner.pretraining.recipe import load_pretrain_recipe
     from runner.tracking import quiet_libraries
+    from schemas.generators import has_checkpoint
 
     quiet_libraries()
     loaded = load_pretrain_recipe(recipe, override or [])

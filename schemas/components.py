@@ -38,6 +38,10 @@ class Component(Block):
     # recipe's tracking and runtime), e.g. local_gan's pretraining of a missing checkpoint; None: nothing to do.
     preparer: ClassVar[str | None] = None
 
+    def check_inputs(self) -> None:
+        """Cheap checks of what the block names outside the recipe (folders, checkpoints): a UserError naming the
+        field. `metassl validate` runs them; so does a run, before it reads the inputs."""
+
     def __init_subclass__(cls, kind: str | None = None, builder: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)  # the class keywords are handled once pydantic has built the fields
 

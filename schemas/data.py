@@ -10,6 +10,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from schemas.base import Block
 from schemas.components import Component
+from schemas.errors import UserError, display
 
 
 class Validation(Block):
@@ -95,6 +96,14 @@ class DataBase(Component, kind="data"):
             raise ValueError(f"data.root: the {name} dataset reads no files, so root would be ignored; remove it")
         return self
 
+    def check_inputs(self) -> None:
+        """`data.root`, if set, is a folder (or a download may create it)."""
+        if self.root is None:
+            return
+        root = Path(self.root).expanduser()
+        if not root.is_dir() and not (self.download and not root.exists()):
+            raise UserError(f"data.root: {display(root)} is not a directory; fix the path or remove data.root")
+
     def labelable_per_class(self) -> int | None:
         """At most this many images per class can be labeled (None: unknown until the data loads)."""
         return self.smallest_train_class
@@ -142,6 +151,14 @@ class FashionMNIST(DataBase, builder="runner.data.datasets.fashion_mnist:build_f
         description="fraction of the train split reserved as the generator's source set (never labeled here)",
     )
 
+    def check_inputs(self) -> None:
+        """`data.root`, if set, is a folder (or a download may create it)."""
+        if self.root is None:
+            return
+        root = Path(self.root).expanduser()
+        if not root.is_dir() and not (self.download and not root.exists()):
+            raise UserError(f"data.root: {display(root)} is not a directory; fix the path or remove data.root")
+
     def labelable_per_class(self) -> int | None:
         # The source set is a random (not stratified) draw; 10% slack keeps this an upper bound.
         return math.ceil(6000 * (1 - self.source_fraction) * 1.1)
@@ -156,6 +173,14 @@ class Digits(DataBase, builder="runner.data.datasets.digits:build_digits"):
 
     name: Literal["digits"] = "digits"
     test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+
+    def check_inputs(self) -> None:
+        """`data.root`, if set, is a folder (or a download may create it)."""
+        if self.root is None:
+            return
+        root = Path(self.root).expanduser()
+        if not root.is_dir() and not (self.download and not root.exists()):
+            raise UserError(f"data.root: {display(root)} is not a directory; fix the path or remove data.root")
 
     def labelable_per_class(self) -> int | None:
         return math.ceil(174 * (1 - self.test_fraction))  # the split is stratified
@@ -200,3 +225,10 @@ class ImageFolder(DataBase, builder="runner.data.datasets.image_folder:build_ima
     root: Path = Field(description="folder with train/<class>/*.png and test/<class>/*.png")
     image_size: PositiveInt = 32
     grayscale: bool = False
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        root = Path(self.root).expanduser()
+        for part in ("train", "test"):
+            if not (root / part).is_dir():
+                raise UserError(f"data.root: {display(root)} has no {part}/ folder; expected {part}/<class>/<image>")

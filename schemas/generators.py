@@ -9,6 +9,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from schemas.base import Block
 from schemas.components import Component
+from schemas.errors import UserError, display
 
 
 class GeneratorBase(Component, kind="generator"):
@@ -119,6 +120,11 @@ class Pretrain(Block):
         return name
 
 
+def has_checkpoint(path: Path) -> bool:
+    """A saved local_gan (a diffusers folder) is at `path`."""
+    return (Path(path) / "config.json").is_file()
+
+
 class LocalGAN(GeneratorBase, builder="runner.generators.local_gan:build_local_gan"):
     """The project's own small one-step generator, trained with `metassl pretrain` on a source split."""
 
@@ -127,3 +133,22 @@ class LocalGAN(GeneratorBase, builder="runner.generators.local_gan:build_local_g
     name: Literal["local_gan"] = "local_gan"
     path: Path = Field(description="directory written by save_pretrained (relative paths: from the working directory)")
     pretrain: Pretrain | None = Field(default=None, description="build the checkpoint on first use if missing")
+
+    def check_inputs(self) -> None:
+        """A checkpoint at `path`, unless the pretrain block says how to train a missing one."""
+        if has_checkpoint(self.path):
+            return
+        if self.pretrain is None:
+            raise self.missing_checkpoint()
+        root = self.pretrain.root
+        if root is not None and not Path(root).expanduser().is_dir():
+            raise UserError(
+                f"generator.pretrain.root: {display(Path(root).expanduser())} is not a directory; fix the path or"
+                " remove it"
+            )
+
+    def missing_checkpoint(self) -> UserError:
+        return UserError(
+            f"generator.path: no checkpoint at '{self.path}'; train one with"
+            " `metassl pretrain recipes/generators/fashion_mnist_gan.yaml` or add a generator.pretrain block"
+        )

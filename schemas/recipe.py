@@ -80,6 +80,12 @@ class Recipe(Block):
         return self
 
 
+    def check_inputs(self) -> None:
+        """Each component's cheap checks of what it names outside the recipe (folders, checkpoints)."""
+        for block in (self.data, self.generator, self.classifier, self.method):
+            block.check_inputs()
+
+
 def _union(models: list[type[Block]]) -> Any:
     if len(models) == 1:
         return models[0]

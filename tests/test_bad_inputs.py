@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from runner.cli import run_cli
 from tests.helpers import RECIPES, ROOT
@@ -70,6 +71,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run_lr_inf", ["run", "{recipe}", "-o", "optim.classifier.lr=.inf"], R + "optim.classifier.lr: Input should be a finite number (got inf)"),
     # Impossible schedules
     ("meta_every_beyond_iterations", v(*GENERATIVE, "method.meta.every=61"), R + "method.meta.every: 61 exceeds schedule.iterations (60), so phase (i) would run at most once; lower it"),
+    ("data_root_missing", v("data.name=fashion_mnist", "data.root={dir}/nowhere"), "error: data.root: {dir}/nowhere is not a directory; fix the path or remove data.root"),
+    ("image_folder_without_train", v("data={name: image_folder, root: {dir}}"), "error: data.root: {dir} has no train/ folder; expected train/<class>/<image>"),
+    ("local_gan_without_checkpoint", v("method.name=generative", "generator={name: local_gan, path: {dir}/no_gan}"), "error: generator.path: no checkpoint at '{dir}/no_gan'; train one with `metassl pretrain recipes/generators/fashion_mnist_gan.yaml` or add a generator.pretrain block"),
+    ("pretrain_root_missing", v("method.name=generative", "generator={name: local_gan, path: {dir}/no_gan, pretrain: {root: {dir}/nowhere}}"), "error: generator.pretrain.root: {dir}/nowhere is not a directory; fix the path or remove it"),
     ("schedule_meta_moved", v("schedule.meta={every: 3, steps: 2}"), R + "schedule.meta: phase (i)'s settings moved to method.meta; write method.meta.every: 3 and method.meta.steps: 2 there (drop them for a method without a meta phase)"),
     ("warmup_beyond_iterations", v("schedule.warmup=61"), R + "schedule: schedule.warmup (61) exceeds schedule.iterations (60)"),
     ("iterations_zero", v("schedule.iterations=0"), R + "schedule.iterations: Input should be greater than 0 (got 0)"),
@@ -167,6 +172,13 @@ def test_bad_input_is_one_exact_line(name: str, argv: list[str], expected: str, 
     assert stderr.splitlines() == [fill(expected, bad_files)]
     assert stdout == ""
     assert not (bad_files / "pwned").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+def test_validate_refuses_cuda_on_a_machine_without_it():
+    code, stdout, stderr = cli([fill(arg, Path()) for arg in v("runtime.device=cuda")])
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines() == ["error: runtime.device: 'cuda' requested but no CUDA device is available; use auto or cpu"]
 
 
 def test_an_error_line_is_capped():

@@ -13,10 +13,8 @@ import torch
 
 from runner.generators.base import Generator, Latents, LatentSpec, adapt_images
 from runner.generators.loading import load_pretrained
-from runner.pretraining.checkpoint import has_checkpoint
 from runner.pretraining.model import ConditionalGenerator
-from schemas.errors import UserError
-from schemas.generators import LocalGAN
+from schemas.generators import LocalGAN, has_checkpoint
 
 
 class LocalGANGenerator(Generator):
@@ -54,8 +52,5 @@ def load_local_gan(path: Path, device: torch.device | str = "cpu") -> LocalGANGe
 def build_local_gan(config: LocalGAN, *, class_names: list[str], device: torch.device) -> Generator:
     """The project's own generator, loaded from `path` (pretrained by `metassl pretrain` or on first use)."""
     if not has_checkpoint(config.path):
-        raise UserError(
-            f"generator.path: no checkpoint at '{config.path}'; train one with"
-            " `metassl pretrain recipes/generators/fashion_mnist_gan.yaml` or add a generator.pretrain block"
-        )
+        raise config.missing_checkpoint()
     return load_local_gan(config.path, device)

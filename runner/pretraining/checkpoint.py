@@ -16,10 +16,6 @@ PRETRAIN_RECORD = "pretrain.json"
 _RUN_ONLY_FIELDS = {"grid_every"}
 
 
-def has_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
 def check_pretrain_matches(config: LocalGAN) -> None:
     """A cached checkpoint must have been trained with the recipe's pretrain block (it is cached by path only)."""
     record = Path(config.path) / PRETRAIN_RECORD

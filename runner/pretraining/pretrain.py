@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 
 from runner.common.device import select_device
-from runner.pretraining.checkpoint import check_pretrain_matches, has_checkpoint, save_atomically
+from runner.pretraining.checkpoint import check_pretrain_matches, save_atomically
 from runner.pretraining.gan import GRID_PER_CLUSTER, train_gan
 from runner.pretraining.model import ConditionalGenerator
 from runner.pretraining.runs import GENERATOR_PATH_TAG, generator_key, pretraining_tracking
 from runner.pretraining.source import build_source
 from runner.progress import StageProgress, console
 from schemas.errors import UserError
-from schemas.generators import LocalGAN
+from schemas.generators import LocalGAN, has_checkpoint
 from schemas.training import Runtime, Tracking
 
 

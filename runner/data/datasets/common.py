@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from runner.data.types import DatasetSplits, ImageSet
 from schemas.data import DataBase
-from schemas.errors import UserError
+from schemas.errors import UserError, display
 
 CACHE_ROOT = Path("~/.cache/metassl/data")
 
@@ -23,23 +23,10 @@ def cache_dir(name: str) -> Path:
     return (CACHE_ROOT / name).expanduser()
 
 
-def display(path: Path) -> str:
-    """A path as the user would write it, with the home directory folded back to ~."""
-    home = str(Path.home())
-    text = str(path)
-    return "~" + text[len(home) :] if text == home or text.startswith(home + "/") else text
-
-
 def user_root(config: DataBase) -> Path | None:
-    """`config.root`, expanded; a root that does not exist is an error unless downloads may create it."""
-    if config.root is None:
-        return None
-    root = Path(config.root).expanduser()
-    if not root.is_dir():
-        if config.download and not root.exists():
-            return root  # created by `download_folder` for the download
-        raise UserError(f"data.root: {display(root)} is not a directory; fix the path or remove data.root")
-    return root
+    """`config.root`, expanded, once the block's own checks of it passed (`check_inputs`, as `metassl validate`)."""
+    config.check_inputs()
+    return None if config.root is None else Path(config.root).expanduser()
 
 
 @contextmanager
