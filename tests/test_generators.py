@@ -368,3 +368,40 @@ def test_local_gan_source_logits(models: Path) -> None:
     logits = generator.source_logits(images)
     assert logits.shape == (2, 4)
     assert logits.argmax(1).tolist() == [2, 0]
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {"clip_sample": True},  # DDIMScheduler's default: x0 clamped to [-1, 1]
+        {"clip_sample": False, "prediction_type": "v_prediction"},
+        {"clip_sample": True, "clip_sample_range": 0.5, "prediction_type": "sample", "set_alpha_to_one": False},
+    ],
+    ids=["clip", "v_prediction", "sample_no_final_one"],
+)
+def test_dit_steps_as_diffusers_ddim_with_trailing_spacing(scheduler: dict, tmp_path: Path) -> None:
+    """Each step is DDIMScheduler.step's (eta 0) on the trailing timesteps, with the checkpoint's own settings."""
+    from diffusers import DDIMScheduler
+
+    root = tiny_dit(tmp_path / "dit")
+    DDIMScheduler(**scheduler).save_pretrained(root / "scheduler")
+    generator = build(DiT(model=str(root), steps=2))
+    latents = generator.sample_latents(2, generator=torch.Generator().manual_seed(0))
+    reference = DDIMScheduler(**scheduler, timestep_spacing="trailing")
+    reference.set_timesteps(2)
+    x, probs = latents["noise"], generator.class_probabilities(latents)
+    with torch.no_grad():
+        for t in reference.timesteps:
+            out = generator.transformer(x, timestep=t.expand(len(x)), class_labels=probs).sample[:, :4]
+            x = reference.step(out, t, x).prev_sample
+        expected = generator.to_unit_range(generator.vae.decode(x / generator.vae.config.scaling_factor).sample)
+        assert torch.allclose(generator(latents), expected.clamp(0.0, 1.0), atol=1e-5)
+
+
+def test_dit_scheduler_with_thresholding_is_refused_in_one_line(tmp_path: Path) -> None:
+    from diffusers import DDIMScheduler
+
+    root = tiny_dit(tmp_path / "dit")
+    DDIMScheduler(thresholding=True).save_pretrained(root / "scheduler")
+    with pytest.raises(UserError, match=r"its scheduler sets thresholding .* use a checkpoint whose scheduler has"):
+        build(DiT(model=str(root), steps=2))
