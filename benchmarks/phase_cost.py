@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.setups import METHOD_VARIANTS, SETUPS, Setup, build, build_generator, recipe_for, synthetic_data
+from runner.registry import METHODS
 from runner.run.build import Components
 from runner.run.environment import git_commit
 from runner.run.train_step import grad_scaler, train_step
@@ -145,7 +146,6 @@ def render_whole_bank(method: Any) -> None:
             cache.get(rows)
 
 
-GENERATIVE_METHODS = ("generative", "metassl")
 
 
 def build_variant(
@@ -154,14 +154,15 @@ def build_variant(
     """One method's components, trained from scratch, with its sample cache (if any) fully rendered."""
     unlabeled = args.mu * args.batch_size
     recipe = recipe_for(setup, variant, args.batch_size, unlabeled, device.type, args.warmup + args.iterations + 8)
-    components = build(recipe, data, generator if recipe.method.name in GENERATIVE_METHODS else None)
+    components = build(recipe, data, generator if recipe.method.needs_generator else None)
     components.classifier.train()
     render_whole_bank(components.method)
     return Timed(components, grad_scaler(components), MetaTimer(components.method, device))
 
 
 def needs_generator(variant: str) -> bool:
-    return METHOD_VARIANTS[variant]["name"] in GENERATIVE_METHODS
+    """What the variant's method block declares (schemas/methods.py)."""
+    return METHODS.config(METHOD_VARIANTS[variant]["name"]).needs_generator  # type: ignore[attr-defined]
 
 
 def peak_memory_mb(
@@ -205,7 +206,7 @@ def time_interleaved(
 def summarize(
     variant: str, timings: list[tuple[float, float, int]], args: argparse.Namespace, peak_mb: float, source: str | None
 ) -> dict[str, Any]:
-    name = METHOD_VARIANTS[variant]["name"]
+    name, generative = METHOD_VARIANTS[variant]["name"], needs_generator(variant)
     totals = sorted(t[0] + t[1] for t in timings)
     total = statistics.median(totals)
     images = args.batch_size + (args.mu * args.batch_size if name != "supervised" else 0)
@@ -213,13 +214,13 @@ def summarize(
         "method": variant,
         "s_per_iteration": total,
         "s_per_iteration_quartiles": [totals[len(totals) // 4], totals[(3 * len(totals)) // 4]],
-        "meta_s": statistics.median(t[0] for t in timings) if name == "metassl" else None,
+        "meta_s": statistics.median(t[0] for t in timings) if METHODS.config(name).has_meta_phase else None,  # type: ignore[attr-defined]
         "ssl_s": statistics.median(t[1] for t in timings),
         "images_per_iteration": images,
-        "generated_per_iteration": statistics.mean(t[2] for t in timings) if name in GENERATIVE_METHODS else None,
+        "generated_per_iteration": statistics.mean(t[2] for t in timings) if generative else None,
         "images_per_s": images / total,
         "peak_memory_mb": peak_mb,
-        "generator": source if name in GENERATIVE_METHODS else None,
+        "generator": source if generative else None,
     }
 
 

@@ -151,14 +151,6 @@ class FashionMNIST(DataBase, builder="runner.data.datasets.fashion_mnist:build_f
         description="fraction of the train split reserved as the generator's source set (never labeled here)",
     )
 
-    def check_inputs(self) -> None:
-        """`data.root`, if set, is a folder (or a download may create it)."""
-        if self.root is None:
-            return
-        root = Path(self.root).expanduser()
-        if not root.is_dir() and not (self.download and not root.exists()):
-            raise UserError(f"data.root: {display(root)} is not a directory; fix the path or remove data.root")
-
     def labelable_per_class(self) -> int | None:
         # The source set is a random (not stratified) draw; 10% slack keeps this an upper bound.
         return math.ceil(6000 * (1 - self.source_fraction) * 1.1)
@@ -173,14 +165,6 @@ class Digits(DataBase, builder="runner.data.datasets.digits:build_digits"):
 
     name: Literal["digits"] = "digits"
     test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
-
-    def check_inputs(self) -> None:
-        """`data.root`, if set, is a folder (or a download may create it)."""
-        if self.root is None:
-            return
-        root = Path(self.root).expanduser()
-        if not root.is_dir() and not (self.download and not root.exists()):
-            raise UserError(f"data.root: {display(root)} is not a directory; fix the path or remove data.root")
 
     def labelable_per_class(self) -> int | None:
         return math.ceil(174 * (1 - self.test_fraction))  # the split is stratified
