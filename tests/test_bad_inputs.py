@@ -126,7 +126,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("override_without_equals", v("seed"), "error: override 'seed': write it as key.path=value (e.g. seed=1)"),
     ("override_into_value", v("seed.x=1"), "error: override 'seed.x=1': seed is a value, not a block"),
     ("unknown_field", v("schedule.iterationz=5"), R + "schedule.iterationz: unknown field; remove it or check the spelling of the fields of schedule"),
-    ("unknown_method", v("method.name=fixmach"), R + "method.name: unknown method 'fixmach'; registered: fixmatch, generative, metassl, supervised; did you mean 'fixmatch'?"),
+    ("unknown_method", v("method.name=fixmach"), R + "method.name: unknown method 'fixmach'; registered: fixmatch, flexmatch, freematch, generative, metassl, softmatch, supervised; did you mean 'fixmatch'?"),
 ]  # fmt: skip
 
 
