@@ -146,8 +146,6 @@ def render_whole_bank(method: Any) -> None:
             cache.get(rows)
 
 
-
-
 def build_variant(
     setup: Setup, variant: str, args: argparse.Namespace, data: Any, device: torch.device, generator: Any
 ) -> Timed:

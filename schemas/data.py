@@ -69,6 +69,10 @@ class DataBase(Component, kind="data"):
     )
     device_resident: bool = Field(default=True, description="keep images on the training device as uint8")
 
+    def reserved_source_fraction(self) -> float | None:
+        """The fraction of the train split kept as a generator's source set (never labeled); None: no such split."""
+        return None
+
     @model_validator(mode="before")
     @classmethod
     def _one_label_budget(cls, data: Any) -> Any:
@@ -150,6 +154,9 @@ class FashionMNIST(DataBase, builder="runner.data.datasets.fashion_mnist:build_f
         lt=1.0,
         description="fraction of the train split reserved as the generator's source set (never labeled here)",
     )
+
+    def reserved_source_fraction(self) -> float | None:
+        return self.source_fraction
 
     def labelable_per_class(self) -> int | None:
         # The source set is a random (not stratified) draw; 10% slack keeps this an upper bound.

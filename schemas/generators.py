@@ -17,6 +17,10 @@ class GeneratorBase(Component, kind="generator"):
     conditioning: ClassVar[Literal["class", "prompt", "none"]] = "class"
     has_source_classifier: ClassVar[bool] = False
 
+    def pretrained_here(self) -> Path | None:
+        """Where `metassl pretrain` saves this generator, for one it trains itself; None for one it loads."""
+        return None
+
 
 class NoGenerator(GeneratorBase, builder="runner.generators.none:build_no_generator"):
     """No generator: for methods that use no synthetic samples."""
@@ -133,6 +137,9 @@ class LocalGAN(GeneratorBase, builder="runner.generators.local_gan:build_local_g
     name: Literal["local_gan"] = "local_gan"
     path: Path = Field(description="directory written by save_pretrained (relative paths: from the working directory)")
     pretrain: Pretrain | None = Field(default=None, description="build the checkpoint on first use if missing")
+
+    def pretrained_here(self) -> Path | None:
+        return Path(self.path).expanduser().resolve()
 
     def check_inputs(self) -> None:
         """A checkpoint at `path`, unless the pretrain block says how to train a missing one."""

@@ -54,6 +54,10 @@ class MethodBase(Component, kind="method"):
         """Unlabeled images each phase (ii) step draws besides the labeled batch (for images/s)."""
         return 0
 
+    def latent_init(self) -> LatentInit | None:
+        """How a method with a latent bank draws its latents; None for a method without one."""
+        return None
+
 
 class Supervised(MethodBase, builder="runner.methods.supervised:build_supervised"):
     """Cross-entropy on the labeled set only."""
@@ -147,6 +151,9 @@ class Generative(MethodBase, AnyPolicyOptions, builder="runner.methods.generativ
 
     def unlabeled_per_step(self) -> int:
         return self.unlabeled_batch_size
+
+    def latent_init(self) -> LatentInit:
+        return self.latents
 
 
 class Meta(MetaCadence):

@@ -51,7 +51,7 @@ class Recipe(Block):
         if method.needs_generator and isinstance(generator, NoGenerator):
             choices = ", ".join(sorted(set(COMPONENT_CONFIGS["generator"]) - {"none"}))
             raise ValueError(f"generator.name: method '{method.name}' needs a generator; set one of: {choices}")
-        latents = getattr(method, "latents", None)
+        latents = method.latent_init()
         if latents is not None and latents.classes != "random" and not isinstance(generator, NoGenerator):
             if generator.conditioning != "class":
                 raise ValueError(
@@ -64,7 +64,7 @@ class Recipe(Block):
                     f" generator '{generator.name}' has none, use 'random' or 'uniform'"
                 )
         if isinstance(generator, LocalGAN) and generator.pretrain is not None:
-            pretrain, fraction = generator.pretrain, getattr(data, "source_fraction", None)
+            pretrain, fraction = generator.pretrain, data.reserved_source_fraction()
             if pretrain.dataset == data.name and fraction is not None and pretrain.source_fraction != fraction:
                 raise ValueError(
                     f"data.source_fraction: {fraction} differs from generator.pretrain.source_fraction"
@@ -78,7 +78,6 @@ class Recipe(Block):
                 " so phase (i) would run at most once; lower it"
             )
         return self
-
 
     def check_inputs(self) -> None:
         """Each component's cheap checks of what it names outside the recipe (folders, checkpoints)."""

@@ -178,7 +178,9 @@ def test_bad_input_is_one_exact_line(name: str, argv: list[str], expected: str, 
 def test_validate_refuses_cuda_on_a_machine_without_it():
     code, stdout, stderr = cli([fill(arg, Path()) for arg in v("runtime.device=cuda")])
     assert (code, stdout) == (2, "")
-    assert stderr.splitlines() == ["error: runtime.device: 'cuda' requested but no CUDA device is available; use auto or cpu"]
+    assert stderr.splitlines() == [
+        "error: runtime.device: 'cuda' requested but no CUDA device is available; use auto or cpu"
+    ]
 
 
 def test_an_error_line_is_capped():

@@ -18,7 +18,7 @@ from runner.common.device import select_device
 from runner.pretraining.checkpoint import check_pretrain_matches, save_atomically
 from runner.pretraining.gan import GRID_PER_CLUSTER, train_gan
 from runner.pretraining.model import ConditionalGenerator
-from runner.pretraining.runs import GENERATOR_PATH_TAG, generator_key, pretraining_tracking
+from runner.pretraining.runs import GENERATOR_PATH_TAG, pretraining_tracking
 from runner.pretraining.source import build_source
 from runner.progress import StageProgress, console
 from schemas.errors import UserError
@@ -92,7 +92,7 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
             "metassl.kind": "pretrain",
             "metassl.generator": config.name,
             "metassl.threads": str(pretrain.threads),
-            GENERATOR_PATH_TAG: generator_key(config),
+            GENERATOR_PATH_TAG: str(config.pretrained_here()),
         }
         with (
             MlflowTracker.open(pretraining_tracking(tracking), run_name=f"pretrain-{path.name}", tags=tags) as tracker,

@@ -3,9 +3,7 @@ training run links to the pretraining run that made its generator."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from schemas.generators import GeneratorBase, LocalGAN
+from schemas.generators import GeneratorBase
 from schemas.training import Tracking
 
 PRETRAINING_SUFFIX = "-pretraining"
@@ -18,22 +16,15 @@ def pretraining_tracking(tracking: Tracking) -> Tracking:
     return tracking.model_copy(update={"experiment": f"{tracking.experiment}{PRETRAINING_SUFFIX}"})
 
 
-def generator_key(config: LocalGAN) -> str:
-    return str(Path(config.path).expanduser().resolve())
-
-
 def generator_link_tags(config: GeneratorBase, tracking: Tracking) -> dict[str, str]:
     """Tags linking a training run to the newest finished pretraining run of its generator (none if not found)."""
     from runner.tracking import client_for, runs_with_tag
 
-    if not isinstance(config, LocalGAN) or config.pretrain is None:
+    folder = config.pretrained_here()
+    if folder is None:
         return {}
     pretraining = pretraining_tracking(tracking)
-    runs = [
-        run
-        for run in runs_with_tag(pretraining, GENERATOR_PATH_TAG, generator_key(config))
-        if run.info.status == "FINISHED"
-    ]
+    runs = [run for run in runs_with_tag(pretraining, GENERATOR_PATH_TAG, str(folder)) if run.info.status == "FINISHED"]
     if not runs:
         return {}
     run = runs[0]

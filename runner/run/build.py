@@ -60,7 +60,7 @@ def check_source_disjoint(recipe: Recipe, generator: Generator | None) -> None:
     source = None if generator is None else generator.source
     if not source or source.get("dataset") != recipe.data.name:
         return
-    expected = getattr(recipe.data, "source_fraction", None)
+    expected = recipe.data.reserved_source_fraction()
     if expected is not None and abs(source["source_fraction"] - expected) > 1e-9:
         raise UserError(
             f"data.source_fraction: {expected} differs from the {source['source_fraction']} generator"

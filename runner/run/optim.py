@@ -39,4 +39,3 @@ def build_scheduler(
     config: LRSchedule, optimizer: torch.optim.Optimizer, total: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it, total))
-
