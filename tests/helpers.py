@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,17 +63,25 @@ def devices_of(client: Any, run_id: str) -> str | None:
         return json.loads(Path(path).read_text())["cuda_visible_devices"]
 
 
-def assert_no_shared_device(runs: list[Any], devices: dict[str, str | None]) -> None:
-    """Runs whose lifetimes overlapped had different devices (`devices`: run id -> CUDA_VISIBLE_DEVICES)."""
-    overlapping = 0
-    for a in runs:
-        for b in runs:
-            if (
-                a.info.run_id < b.info.run_id
-                and a.info.start_time < b.info.end_time
-                and b.info.start_time < a.info.end_time
-            ):
-                overlapping += 1
-                shared = set(devices[a.info.run_id].split(",")) & set(devices[b.info.run_id].split(","))
-                assert not shared, f"runs {a.info.run_id} and {b.info.run_id} ran at once on {shared}"
-    assert overlapping, "no two runs overlapped: the test shows nothing about sharing"
+def devices_in_progress(stderr: str) -> dict[str, str]:
+    """Each child's devices, from a sweep's or a study's progress lines (`[child] started on device 0,1` until the
+    child's next line); asserts that no two live children shared a device and that two or more were live at once."""
+    live: dict[str, set[str]] = {}
+    shown: dict[str, str] = {}
+    most = 0
+    for line in stderr.splitlines():
+        match = re.match(r"(\[[^\]]+\]) (.*)", line)
+        if not match:
+            continue
+        child, text = match.groups()
+        started = re.search(r"started on device ([^\s:]+)", text)
+        if started:
+            devices = set(started.group(1).split(","))
+            for other, held in live.items():
+                assert not devices & held, f"{child} started on {devices & held} while {other} held it"
+            live[child], shown[child] = devices, started.group(1)
+            most = max(most, len(live))
+        elif child in live:
+            del live[child]
+    assert most >= 2, "never two children at once: the check shows nothing about sharing"
+    return shown

@@ -55,3 +55,16 @@ def test_a_multi_process_child_is_asked_for_its_processes():
     assert "--nproc" not in run_command(Path("r.yaml"), [], 1)
     assert parse_devices(" 0, 1 ") == ["0", "1"]
     assert Devices(["0", "1"], 2).slots == 1
+
+
+def test_too_many_jobs_for_the_devices_is_one_line_exit_2_and_creates_nothing(tmp_path: Path):
+    from tests.helpers import RECIPES, metassl, tracking_overrides
+
+    command = ["sweep", str(RECIPES / "digits_tiny.yaml"), "--grid", "seed=0,1,2", *tracking_overrides(tmp_path)]
+    result = metassl(*command, "--jobs", "3", "--devices", "0,1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --jobs 3: only 2 children fit on the devices 0,1 at 1 each; lower --jobs, or list a device twice "
+        "to share it (e.g. --devices 0,0,1,1)"
+    ]
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()

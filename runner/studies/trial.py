@@ -35,7 +35,8 @@ def run_as_trial(recipe: Recipe, parent_run_id: str | None, extra_tags: dict[str
     number = fields["number"]
     patience = Patience(f"trial {number}", float(fields["wait"]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = patience.call(optuna.load_study, study_name=fields["study"], storage=open_storage(fields["storage"]))
+    storage = open_storage(fields["storage"], patience=patience)
+    study = patience.call(optuna.load_study, study_name=fields["study"], storage=storage)
     trial = optuna.trial.Trial(study, int(fields["trial_id"]))
     total = recipe.schedule.iterations
     last: list[float] = []

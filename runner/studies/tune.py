@@ -102,11 +102,12 @@ def plan_tune(
     )
 
 
-def open_storage(url: str, heartbeat: float | None = None, on_stale: Any = None) -> Any:
+def open_storage(url: str, heartbeat: float | None = None, on_stale: Any = None, patience: Any = None) -> Any:
     """Optuna's RDB storage; several workers may create its tables at once, so a failed first try is retried.
 
     With `heartbeat` (seconds), each running trial's worker renews its heartbeat; a trial silent for
-    GRACE_BEATS heartbeats is failed by the next worker that looks, and `on_stale` is called with it."""
+    GRACE_BEATS heartbeats is failed by the next worker that looks, and `on_stale` is called with it. With
+    `patience` (runner/studies/outage.py), an unreachable database is waited for rather than an error."""
     import optuna
     import sqlalchemy
 
@@ -121,6 +122,8 @@ def open_storage(url: str, heartbeat: float | None = None, on_stale: Any = None)
             "grace_period": max(2, round(heartbeat * GRACE_BEATS)),
             "heartbeat_stale_trial_callback": on_stale,
         }
+    if patience is not None:
+        return patience.call(optuna.storages.RDBStorage, url, engine_kwargs=kwargs, **beats)
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)

@@ -146,7 +146,7 @@ class TuneWorker:
                 break
             self.live.append(started)
             counted += 1
-        if not self.live and not self.waiting_said:
+        if not self.live and counted >= self.plan.trials and not self.waiting_said:
             console.print(f"waiting for {counted - done} trial(s) running on other workers")
             self.waiting_said = True
         return True
