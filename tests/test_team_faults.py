@@ -78,6 +78,36 @@ def test_tune_workers_ride_out_a_20_second_database_outage(postgres_cluster: Clu
 
 
 @pytest.mark.slow
+def test_past_its_wait_a_worker_stops_in_one_line_and_its_trial_is_run_again(
+    postgres_cluster: Cluster,  # noqa: F811
+    tmp_path: Path,
+):
+    storage = f"{postgres_cluster.url}/optuna"
+    command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
+    command += ["--storage", storage, "--name", "gave-up", "--trials", "2", "--heartbeat", "2"]
+    worker = start(*command, "--storage-wait", "5")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    wait_for(lambda: running_children(client))
+    postgres_cluster.stop()
+    try:
+        _, err = worker.communicate(timeout=300)
+    finally:
+        postgres_cluster.start()
+    assert worker.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: worker ") and "the database stayed unreachable for 5 s" in last, err[-3000:]
+    assert not running_children(client)  # its trial's run ended (KILLED), not left RUNNING
+    again = start(*command)
+    _, err = again.communicate(timeout=900)
+    assert again.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="gave-up", storage=storage)
+    states = Counter(trial.state.name for trial in study.trials)
+    assert states["COMPLETE"] + states["PRUNED"] == 2 and states["RUNNING"] == 0, states
+    assert any(t.system_attrs.get("failed_trial") is not None for t in study.trials)  # handed back, run again
+
+
+@pytest.mark.slow
 def test_a_killed_tune_worker_s_trial_is_queued_again(postgres: str, tmp_path: Path):  # noqa: F811
     storage = f"{postgres}/optuna"
     command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
