@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.studies.outage import Patience
-from runner.studies.tune import OBJECTIVE, TRIAL_STATE_TAG, TRIAL_TAG, open_storage
-from runner.tracking import MlflowTracker, runs_with_tag, set_status
-from schemas import Recipe
+if TYPE_CHECKING:
+    from schemas import Recipe
 
 TRIAL_ENV = "METASSL_TUNE_TRIAL"  # set by the worker: where the study is and which trial this child runs
 
@@ -30,6 +28,9 @@ def run_as_trial(recipe: Recipe, parent_run_id: str | None, extra_tags: dict[str
     import optuna
 
     from runner.run import session
+    from runner.studies.outage import Patience
+    from runner.studies.tune import OBJECTIVE, TRIAL_STATE_TAG, TRIAL_TAG, open_storage
+    from runner.tracking import MlflowTracker, runs_with_tag, set_status
 
     fields: dict[str, Any] = json.loads(os.environ[TRIAL_ENV])
     number = fields["number"]
