@@ -71,9 +71,18 @@ class Cluster(NamedTuple):
             pytest.fail(f"PostgreSQL did not start: {started.stderr}{self.log.read_text()[-3000:]}")
 
 
+_clusters: dict[str, Cluster] = {}
+
+
+def cluster_of(url: str) -> Cluster:
+    """The cluster behind a `postgres` fixture's URL, to stop and start it (outages)."""
+    return _clusters[url]
+
+
 @pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    """A fresh PostgreSQL cluster with the databases `mlflow` and `optuna`."""
+def postgres() -> Iterator[str]:
+    """A fresh PostgreSQL cluster with the databases `mlflow` and `optuna`; yields a URL prefix
+    `postgresql+psycopg2://postgres@127.0.0.1:PORT` (+ `/db`)."""
     import sqlalchemy
 
     bindir = _postgres_bin()
@@ -95,17 +104,12 @@ def postgres_cluster() -> Iterator[Cluster]:
         for name in ("mlflow", "optuna"):
             connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     engine.dispose()
+    _clusters[cluster.url] = cluster
     try:
-        yield cluster
+        yield cluster.url
     finally:
         cluster.pg_ctl("-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres(postgres_cluster: Cluster) -> str:
-    """The cluster's URL prefix `postgresql+psycopg2://postgres@127.0.0.1:PORT` (+ `/db`)."""
-    return postgres_cluster.url
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from runner.studies.tune import plan_tune
 from schemas import UserError
 from schemas.recipe import read_recipe_document
 from tests.helpers import RECIPES, ROOT, devices_in_progress, devices_of, metassl, tracking_overrides
-from tests.servers import Server, free_port, mlflow_server, postgres, postgres_cluster  # noqa: F401 (fixtures)
+from tests.servers import Server, free_port, mlflow_server, postgres  # noqa: F401 (fixtures)
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
 SPACE = str(RECIPES / "spaces" / "digits_tiny.yaml")

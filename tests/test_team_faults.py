@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import RECIPES, ROOT, tracking_overrides
-from tests.servers import Cluster, postgres, postgres_cluster  # noqa: F401 (fixtures)
+from tests.servers import cluster_of, postgres  # noqa: F401 (fixtures)
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
 SPACE = str(RECIPES / "spaces" / "digits_tiny.yaml")
@@ -52,16 +52,17 @@ def running_children(client: MlflowClient) -> list:
 
 
 @pytest.mark.slow
-def test_tune_workers_ride_out_a_20_second_database_outage(postgres_cluster: Cluster, tmp_path: Path):  # noqa: F811
-    storage = f"{postgres_cluster.url}/optuna"
+def test_tune_workers_ride_out_a_20_second_database_outage(postgres: str, tmp_path: Path):  # noqa: F811
+    cluster = cluster_of(postgres)
+    storage = f"{postgres}/optuna"
     command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
     command += ["--storage", storage, "--name", "outage", "--trials", "3", "--heartbeat", "2"]
     workers = [start(*command), start(*command)]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     wait_for(lambda: running_children(client))  # trials are training, reporting every 5 iterations
-    postgres_cluster.stop()
+    cluster.stop()
     time.sleep(20)
-    postgres_cluster.start()
+    cluster.start()
     outcomes = [worker.communicate(timeout=900) for worker in workers]
     for worker, (_, err) in zip(workers, outcomes, strict=True):
         assert worker.returncode == 0, err[-3000:]
@@ -79,20 +80,21 @@ def test_tune_workers_ride_out_a_20_second_database_outage(postgres_cluster: Clu
 
 @pytest.mark.slow
 def test_past_its_wait_a_worker_stops_in_one_line_and_its_trial_is_run_again(
-    postgres_cluster: Cluster,  # noqa: F811
+    postgres: str,  # noqa: F811
     tmp_path: Path,
 ):
-    storage = f"{postgres_cluster.url}/optuna"
+    cluster = cluster_of(postgres)
+    storage = f"{postgres}/optuna"
     command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
     command += ["--storage", storage, "--name", "gave-up", "--trials", "2", "--heartbeat", "2"]
     worker = start(*command, "--storage-wait", "5")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     wait_for(lambda: running_children(client))
-    postgres_cluster.stop()
+    cluster.stop()
     try:
         _, err = worker.communicate(timeout=300)
     finally:
-        postgres_cluster.start()
+        cluster.start()
     assert worker.returncode == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]

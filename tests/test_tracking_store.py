@@ -28,7 +28,12 @@ def test_the_loop_runs_without_mlflow(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe(
         RECIPES / "digits_tiny.yaml",
-        ["schedule.iterations=20", "schedule.eval_every=10", "runtime.threads=1", "tracking.tracking_uri=sqlite:///x.db"],
+        [
+            "schedule.iterations=20",
+            "schedule.eval_every=10",
+            "runtime.threads=1",
+            "tracking.tracking_uri=sqlite:///x.db",
+        ],
     )
     components = build_components(recipe, prepare_data(recipe))
     tracker: Tracker = NullTracker()
