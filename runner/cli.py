@@ -46,6 +46,24 @@ TrackingUri = Annotated[
         show_default=False,
     ),
 ]
+Jobs = Annotated[
+    int,
+    typer.Option("--jobs", "-j", min=1, help="children at the same time (on a CPU, pair with -o runtime.threads=1)"),
+]
+Devices = Annotated[
+    str | None,
+    typer.Option(
+        "--devices",
+        help="GPUs to spread the children over, e.g. 0,1,2,3 (a child holds its own; default: all visible)",
+        show_default=False,
+    ),
+]
+Nproc = Annotated[int, typer.Option("--nproc", min=1, help="processes (and devices) per child: metassl run --nproc")]
+StorageWait = Annotated[
+    float, typer.Option("--storage-wait", min=0, help="seconds a worker rides out a database outage before it stops")
+]
+Heartbeat = Annotated[float, typer.Option("--heartbeat", min=0.5, hidden=True, help="seconds between heartbeats")]
+
 MAX_ERROR_CHARS = 2000  # an error is read, not scrolled: 200k unknown keys must not print megabytes
 
 
@@ -154,12 +172,14 @@ def run(
         else:
             result = session.resume(resume, tracking_block(tracking_uri))
     else:
+        from runner.studies import trial
+
         extra_tags = dict(item.partition("=")[::2] for item in tag or [])
-        result = session.execute(
-            _with_store(_load(recipe, override), tracking_uri),  # type: ignore[arg-type]
-            parent_run_id=parent_run_id,
-            extra_tags=extra_tags,
-        )
+        loaded = _with_store(_load(recipe, override), tracking_uri)  # type: ignore[arg-type]
+        if trial.is_trial():  # a child of `metassl tune`
+            typer.echo(trial.run_as_trial(loaded, parent_run_id, extra_tags))
+            return
+        result = session.execute(loaded, parent_run_id=parent_run_id, extra_tags=extra_tags)
     typer.echo(f"run {result.run_id} finished: test accuracy {result.accuracy:.4f} in {result.wall_seconds:.1f} s")
 
 
@@ -362,12 +382,9 @@ def sweep(
         typer.Option("--grid", "-g", help="a key and its values: key.path=v1,v2 (repeatable; values are YAML)"),
     ] = None,
     override: Overrides = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            "--jobs", "-j", min=1, help="children run at the same time (on a CPU, pair with -o runtime.threads=1)"
-        ),
-    ] = 1,
+    jobs: Jobs = 1,
+    devices: Devices = None,
+    nproc: Nproc = 1,
     name: Annotated[str | None, typer.Option("--name", help="the parent run's name")] = None,
     storage: Annotated[
         str | None,
@@ -376,11 +393,14 @@ def sweep(
             "runs once, on whichever worker claims it first"
         ),
     ] = None,
+    storage_wait: StorageWait = 300.0,
+    heartbeat: Heartbeat = 10.0,
 ) -> None:
     """Run the cross product of --grid values as child runs under one parent run; re-running skips finished ones.
 
     [bold]metassl sweep recipes/digits_tiny.yaml --grid method.name=supervised,fixmatch --grid seed=0,1,2[/bold]
     """
+    from runner.studies.launch import WorkerOptions, plan_devices
     from runner.studies.sweep import SweepFailed, run_sweep
     from runner.studies.sweep_plan import plan_sweep
     from runner.tracking import quiet_libraries
@@ -388,7 +408,8 @@ def sweep(
     quiet_libraries()
     plan = plan_sweep(recipe, grid or [], override or [], name)
     try:
-        run_sweep(plan, jobs, storage)
+        options = WorkerOptions(jobs, plan_devices(devices, jobs, nproc), nproc, storage_wait, heartbeat)
+        run_sweep(plan, options, storage)
     except SweepFailed as exc:
         typer.echo(f"sweep failed: {exc}", err=True)
         raise typer.Exit(code=1) from None
@@ -463,6 +484,11 @@ def tune(
         ),
     ] = None,
     objective: Annotated[str, typer.Option(help="the metric to maximise (the holdout split's)")] = "val/accuracy",
+    jobs: Jobs = 1,
+    devices: Devices = None,
+    nproc: Nproc = 1,
+    storage_wait: StorageWait = 300.0,
+    heartbeat: Heartbeat = 10.0,
 ) -> None:
     """Tune a recipe with Optuna: each trial a child MLflow run; re-run the same command to continue the study.
 
@@ -470,12 +496,14 @@ def tune(
 
     Start the same command on several machines with one --storage postgresql://... to share the study.
     """
-    from runner.studies.tune import parent_of, plan_tune, run_tune, summary
+    from runner.studies.launch import WorkerOptions, plan_devices
+    from runner.studies.tune import parent_of, plan_tune, summary
+    from runner.studies.tune_worker import run_tune
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
     plan = plan_tune(recipe, space, override or [], name, storage, trials, objective)
-    study = run_tune(plan)
+    study = run_tune(plan, WorkerOptions(jobs, plan_devices(devices, jobs, nproc), nproc, storage_wait, heartbeat))
     typer.echo(summary(plan, study, parent_of(plan)))
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -50,3 +54,34 @@ def kill_after_first_checkpoint(store: Path, *args: str, timeout: float = 120) -
     process.wait()
     assert checkpoints, "no checkpoint was written before the run ended"
     return checkpoints[0]
+
+
+def devices_of(client: Any, run_id: str) -> str | None:
+    """The CUDA_VISIBLE_DEVICES a run's process had, as the run itself recorded it (environment/environment.json)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, "environment/environment.json", folder)
+        return json.loads(Path(path).read_text())["cuda_visible_devices"]
+
+
+def devices_in_progress(stderr: str) -> dict[str, str]:
+    """Each child's devices, from a sweep's or a study's progress lines (`[child] started on device 0,1` until the
+    child's next line); asserts that no two live children shared a device and that two or more were live at once."""
+    live: dict[str, set[str]] = {}
+    shown: dict[str, str] = {}
+    most = 0
+    for line in stderr.splitlines():
+        match = re.match(r"(\[[^\]]+\]) (.*)", line)
+        if not match:
+            continue
+        child, text = match.groups()
+        started = re.search(r"started on device ([^\s:]+)", text)
+        if started:
+            devices = set(started.group(1).split(","))
+            for other, held in live.items():
+                assert not devices & held, f"{child} started on {devices & held} while {other} held it"
+            live[child], shown[child] = devices, started.group(1)
+            most = max(most, len(live))
+        elif child in live:
+            del live[child]
+    assert most >= 2, "never two children at once: the check shows nothing about sharing"
+    return shown

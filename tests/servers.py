@@ -48,9 +48,41 @@ def _as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
+class Cluster(NamedTuple):
+    """A running PostgreSQL cluster that a test may really stop and start again (outages)."""
+
+    url: str  # postgresql+psycopg2://postgres@127.0.0.1:PORT (+ `/db`)
+    bindir: Path
+    data: Path
+    options: str
+    log: Path
+
+    def pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bindir / "pg_ctl"), "-D", str(self.data), *args]
+        return subprocess.run(_as_postgres(command), capture_output=True, text=True)
+
+    def stop(self) -> None:
+        stopped = self.pg_ctl("-m", "fast", "-w", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+    def start(self) -> None:
+        started = self.pg_ctl("-o", self.options, "-l", str(self.log), "-w", "start")
+        if started.returncode != 0:
+            pytest.fail(f"PostgreSQL did not start: {started.stderr}{self.log.read_text()[-3000:]}")
+
+
+_clusters: dict[str, Cluster] = {}
+
+
+def cluster_of(url: str) -> Cluster:
+    """The cluster behind a `postgres` fixture's URL, to stop and start it (outages)."""
+    return _clusters[url]
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
-    """A fresh PostgreSQL cluster; yields a URL prefix `postgresql+psycopg2://postgres@127.0.0.1:PORT` (+ `/db`)."""
+    """A fresh PostgreSQL cluster with the databases `mlflow` and `optuna`; yields a URL prefix
+    `postgresql+psycopg2://postgres@127.0.0.1:PORT` (+ `/db`)."""
     import sqlalchemy
 
     bindir = _postgres_bin()
@@ -65,24 +97,18 @@ def postgres() -> Iterator[str]:
         capture_output=True,
     )
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    started = subprocess.run(
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]),
-        capture_output=True,
-        text=True,
-    )
-    if started.returncode != 0:
-        log = (root / "log").read_text() if (root / "log").exists() else ""
-        pytest.fail(f"PostgreSQL did not start: {started.stderr}{log}")
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
-    engine = sqlalchemy.create_engine(f"{url}/postgres", isolation_level="AUTOCOMMIT")
+    cluster = Cluster(f"postgresql+psycopg2://postgres@127.0.0.1:{port}", bindir, data, options, root / "log")
+    cluster.start()
+    engine = sqlalchemy.create_engine(f"{cluster.url}/postgres", isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         for name in ("mlflow", "optuna"):
             connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     engine.dispose()
+    _clusters[cluster.url] = cluster
     try:
-        yield url
+        yield cluster.url
     finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), check=False)
+        cluster.pg_ctl("-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
 
 

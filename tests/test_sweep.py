@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from runner.studies.sweep import error_line
+from runner.studies.launch import error_line
 from runner.studies.sweep_grid import as_overrides, child_key, expand, parse_grid, sweep_identity
 from schemas import UserError
-from tests.helpers import RECIPES, metassl, tracking_overrides
+from tests.helpers import RECIPES, devices_in_progress, devices_of, metassl, tracking_overrides
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
 # labels_per_class=500 exceeds digits' ~131 train images per class: those children are invalid (caught before they
@@ -108,14 +108,14 @@ def all_runs(client: MlflowClient) -> list:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     store = tmp_path_factory.mktemp("sweep")
-    result = metassl("sweep", DIGITS, *GRID, *FAST, *tracking_overrides(store), "--jobs", "2")
+    result = metassl("sweep", DIGITS, *GRID, *FAST, *tracking_overrides(store), "--jobs", "2", "--devices", "0,1")
     return store, result
 
 
 def test_sweep_nests_children_under_one_parent_and_records_the_failed_ones(sweep):
     store, result = sweep
     assert result.returncode == 1, result.stderr[-3000:]  # two children failed; the sweep still finished the rest
-    assert "2 of 4 children failed" in result.stderr
+    assert "2 of 4 children failed (2 finished, 2 failed, 0 held by other workers)" in result.stderr
     client = client_for(store)
     runs = all_runs(client)
     parents = [run for run in runs if PARENT_TAG not in run.data.tags]
@@ -145,6 +145,15 @@ def test_sweep_nests_children_under_one_parent_and_records_the_failed_ones(sweep
     assert (artifacts / "sweep" / "base_recipe.yaml").exists()
     assert parent.data.metrics["sweep/failed"] == 2 and parent.data.metrics["sweep/finished"] == 2
     assert "FAILED" in result.stdout and "FINISHED" in result.stdout  # the summary table
+
+
+def test_each_live_child_has_its_own_device(sweep):
+    store, result = sweep
+    shown = devices_in_progress(result.stderr)  # two children at once, on different devices
+    client = client_for(store)
+    children = [run for run in all_runs(client) if PARENT_TAG in run.data.tags]
+    recorded = [devices_of(client, run.info.run_id) for run in children]  # what each child's process saw
+    assert sorted(recorded) == sorted(shown.values()) == ["0", "1"]
 
 
 def test_reinvoking_the_sweep_skips_finished_children(sweep):

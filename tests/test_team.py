@@ -17,12 +17,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from runner.studies.claims import claim, holder, release, sqlite_url
+from runner.studies.claims import claim, drop_lease, holder, release, sqlite_url, take_lease
 from runner.studies.search_space import load_space
 from runner.studies.tune import plan_tune
 from schemas import UserError
 from schemas.recipe import read_recipe_document
-from tests.helpers import RECIPES, ROOT, metassl, tracking_overrides
+from tests.helpers import RECIPES, ROOT, devices_in_progress, devices_of, metassl, tracking_overrides
 from tests.servers import Server, free_port, mlflow_server, postgres  # noqa: F401 (fixtures)
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
@@ -83,6 +83,21 @@ def test_a_claim_has_one_owner_until_given_back(tmp_path: Path):
     assert claim(url, "sweep/x/seed=0", "worker-b") == "worker-b"
 
 
+def test_a_lease_is_taken_over_once_its_holder_is_gone(tmp_path: Path):
+    url = sqlite_url(tmp_path / "claims.db")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = __import__("socket").gethostname()
+    gone, alive = f"{here}:{dead.stdout.strip()}:a", f"{here}:{__import__('os').getpid()}:b"
+    assert take_lease(url, "p", gone, 60) == (True, None)
+    assert take_lease(url, "p", f"{here}:1:c", 60) == (True, gone)  # its pid is dead on this host: taken over
+    assert take_lease(url, "q", "elsewhere:1:d", 60) == (True, None)
+    assert take_lease(url, "q", alive, 60) == (False, None)  # another host's lease, still running
+    assert take_lease(url, "r", "elsewhere:1:d", -1) == (True, None)
+    assert take_lease(url, "r", alive, 60) == (True, "elsewhere:1:d")  # expired: taken over
+    drop_lease(url, "r", alive)
+    assert take_lease(url, "r", "elsewhere:1:d", 60) == (True, None)  # given back: free for anyone
+
+
 @pytest.mark.parametrize(
     ("space", "fragment"),
     [
@@ -124,8 +139,15 @@ def test_tuning_on_the_test_split_or_without_a_holdout_is_refused(tmp_path: Path
 @pytest.mark.slow
 def test_tune_on_a_local_store_continues_the_same_study(tmp_path: Path):
     command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
-    first = metassl(*command, "--trials", "2")
+    first = metassl(*command, "--trials", "2", "--jobs", "2", "--devices", "2,3")
     assert first.returncode == 0, first.stderr[-3000:]
+    # Each trial is a child process on its own device, as the trial's run recorded it.
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    shown = devices_in_progress(first.stderr)  # two trials at once, on different devices
+    trials = [r for r in client.search_runs(["0", "1"]) if "metassl.tune.trial" in r.data.tags]
+    recorded = {r.data.tags["metassl.tune.trial"].rsplit("/", 1)[1]: devices_of(client, r.info.run_id) for r in trials}
+    assert recorded == {number: shown[f"[trial {number}]"] for number in recorded} and len(recorded) == 2
+    assert sorted(recorded.values()) == ["2", "3"]
     again = metassl(*command, "--trials", "3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2/3 trials done" in again.stderr  # picked up where the first invocation stopped
@@ -133,7 +155,6 @@ def test_tune_on_a_local_store_continues_the_same_study(tmp_path: Path):
     assert len(study.trials) == 3
     best_line = next(line for line in again.stdout.splitlines() if line.startswith("its recipe:"))
     parent = best_line.split("-r ", 1)[1].split()[0]
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     best = Path(client.download_artifacts(parent, "best/recipe.yaml", str(tmp_path)))
     rerun = metassl("run", str(best), "-o", "runtime.threads=1")
     assert rerun.returncode == 0, rerun.stderr[-3000:]  # the best recipe runs as is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def describe() -> dict[str, object]:
         "packages": {name: package_version(name) for name in KEY_PACKAGES},
         "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # set per child by sweeps and tuning
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
     }

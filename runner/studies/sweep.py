@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -21,7 +16,16 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.registry import GENERATORS
-from runner.studies.claims import claim, claim_parent_run, release
+from runner.studies.claims import (
+    claim_parent_run,
+    drop_lease,
+    keep_lease,
+    renew_leases,
+    take_lease,
+    worker_name,
+)
+from runner.studies.launch import Devices, Launched, WorkerOptions, error_line, launch, run_command, shown
+from runner.studies.outage import Patience
 from runner.studies.sweep_grid import canonical_value
 from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
 from runner.tracking import (
@@ -35,6 +39,9 @@ from runner.tracking import (
 )
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+LEASE_BEATS = 6  # a grid point's lease lasts this many heartbeats unless its worker renews it
 
 
 class SweepFailed(Exception):
@@ -51,125 +58,164 @@ class Outcome:
     started: float
 
 
-def child_command(plan: SweepPlan, child: Child, parent_run_id: str) -> list[str]:
-    command = [sys.executable, "-m", "runner.cli", "run", str(plan.recipe_path)]
-    for override in [*plan.child_overrides(child), f"tracking.run_name={json.dumps(plan.child_run_name(child))}"]:
-        command += ["-o", override]
-    command += ["--parent-run-id", parent_run_id]
-    command += ["--tag", f"{SWEEP_TAG}={plan.identity}", "--tag", f"{CHILD_TAG}={child.key}"]
-    return command
-
-
-def error_line(returncode: int, log: str) -> str:
-    """The line that says why a child failed: its `error:` line, the exception line, or the signal."""
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:"):
-            return line.removeprefix("error:").strip()
-    return lines[-1] if lines else f"exit code {returncode}"
-
-
-@dataclass
-class Launched:
-    child: Child
-    process: subprocess.Popen[bytes]
-    started: float
-    stdout: Path
-    log: Path
+def child_command(plan: SweepPlan, child: Child, parent_run_id: str, nproc: int = 1) -> list[str]:
+    overrides = [*plan.child_overrides(child), f"tracking.run_name={json.dumps(plan.child_run_name(child))}"]
+    command = [*run_command(plan.recipe_path, overrides, nproc), "--parent-run-id", parent_run_id]
+    return [*command, "--tag", f"{SWEEP_TAG}={plan.identity}", "--tag", f"{CHILD_TAG}={child.key}"]
 
 
 class Claims:
-    """Grid points claimed in a database shared by several sweep workers: each runs on the first to claim it."""
+    """Grid points leased in a database shared by several sweep workers: each runs on the first to take it, and
+    is taken over when its worker is gone (lease expired, or a dead pid on this host)."""
 
-    def __init__(self, storage: str, plan: SweepPlan) -> None:
+    def __init__(self, storage: str, plan: SweepPlan, options: WorkerOptions) -> None:
         self.storage = storage
         self.prefix = f"sweep/{plan.name}/{plan.identity}"
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker = worker_name(uuid.uuid4().hex[:6])
+        self.lease = options.heartbeat * LEASE_BEATS
+        self.patience = Patience(f"sweep worker {self.worker}", options.wait, longest_pause=options.heartbeat)
 
-    def take(self, child: Child) -> bool:
-        return claim(self.storage, f"{self.prefix}/{child.key}", self.worker) == self.worker
+    def key(self, child: Child) -> str:
+        return f"{self.prefix}/{child.key}"
+
+    def take(self, child: Child) -> tuple[bool, str | None]:
+        """(taken, the gone worker it was taken over from)."""
+        return self.patience.call(take_lease, self.storage, self.key(child), self.worker, self.lease)
+
+    def renew(self, children: list[Child]) -> None:
+        self.patience.call(renew_leases, self.storage, [self.key(c) for c in children], self.worker, self.lease)
+
+    def keep(self, child: Child) -> None:
+        self.patience.call(keep_lease, self.storage, self.key(child), self.worker)
 
     def give_back(self, child: Child) -> None:
-        """A failed or interrupted child is released, so that a later invocation runs it again."""
-        release(self.storage, f"{self.prefix}/{child.key}", self.worker)
+        """A failed or interrupted child is released, so that another worker or a later invocation runs it."""
+        self.patience.call(drop_lease, self.storage, self.key(child), self.worker)
 
     def parent(self, plan: SweepPlan, tags: dict[str, str]) -> tuple[str, bool]:
         """(the parent run id, whether this worker created it): the first worker to claim it creates it."""
-        return claim_parent_run(self.storage, f"{self.prefix}/parent", plan.tracking, plan.name, tags)
+        key = f"{self.prefix}/parent"
+        return claim_parent_run(self.storage, key, plan.tracking, plan.name, tags, call=self.patience.call)
+
+
+@dataclass
+class Running:
+    child: Child
+    launched: Launched
 
 
 class Runner:
-    """Launches children as subprocesses, at most `jobs` at a time, and stops them all on Ctrl-C."""
+    """Launches children as subprocesses, at most `jobs` at a time, each on its own devices; stops them all on
+    Ctrl-C. With claims, it also waits for the points other workers hold, and takes over those of a gone one."""
 
     def __init__(
-        self, plan: SweepPlan, parent_run_id: str, jobs: int, log_dir: Path, claims: Claims | None = None
+        self,
+        plan: SweepPlan,
+        parent_run_id: str,
+        options: WorkerOptions,
+        log_dir: Path,
+        claims: Claims | None = None,
+        finished_elsewhere: Callable[[], set[str]] = set,
     ) -> None:
         self.plan = plan
         self.parent_run_id = parent_run_id
-        self.jobs = jobs
+        self.options = options
+        self.devices = options.devices or Devices(None)
         self.log_dir = log_dir
         self.claims = claims
-        self.live: list[Launched] = []
+        self.finished_elsewhere = finished_elsewhere
+        self.live: list[Running] = []
 
-    def launch(self, child: Child) -> Launched:
-        stdout, log = self.log_dir / f"child-{child.index}.out", self.log_dir / f"child-{child.index}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(stdout, "wb") as out, open(log, "wb") as err:
-            command = child_command(self.plan, child, self.parent_run_id)
-            process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        console.print(f"[{child.index + 1}/{len(self.plan.children)}] {child.key}: started", markup=False)
-        return Launched(child, process, time.time(), stdout, log)
+    def say(self, child: Child, text: str) -> None:
+        console.print(f"[{child.index + 1}/{len(self.plan.children)}] {child.key}: {text}", markup=False)
+
+    def launch(self, child: Child, devices: list[str]) -> Running:
+        command = child_command(self.plan, child, self.parent_run_id, self.options.nproc)
+        launched = launch(command, devices, self.log_dir, f"child-{child.index}")
+        self.say(child, f"started {shown(devices)}")
+        return Running(child, launched)
 
     @staticmethod
-    def outcome(launched: Launched, returncode: int) -> Outcome:
-        return Outcome(
-            launched.child,
-            returncode,
-            launched.stdout.read_text(errors="replace"),
-            launched.log.read_text(errors="replace"),
-            time.time() - launched.started,
-            launched.started,
-        )
+    def outcome(running: Running, returncode: int) -> Outcome:
+        stdout, log = running.launched.output()
+        started = running.launched.started
+        return Outcome(running.child, returncode, stdout, log, time.time() - started, started)
 
     def stop(self) -> None:
         """SIGTERM every live child: its run ends KILLED, as after Ctrl-C."""
-        for launched in self.live:
-            launched.process.terminate()
-        for launched in self.live:
-            try:
-                launched.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                launched.process.kill()
+        for running in self.live:
+            running.launched.process.terminate()
+        for running in self.live:
+            running.launched.stop()
             if self.claims is not None:
-                self.claims.give_back(launched.child)
+                self.claims.give_back(running.child)
 
-    def _next(self, queue: list[Child]) -> Child | None:
+    def _next(self, queue: list[Child], elsewhere: list[Child]) -> Child | None:
         """The next child this worker may run (claimed at launch time, so that workers interleave)."""
         while queue:
             child = queue.pop(0)
-            if self.claims is None or self.claims.take(child):
+            if self.claims is None:
                 return child
-            child.status = "ELSEWHERE"
-            console.print(f"[{child.index + 1}/{len(self.plan.children)}] {child.key}: claimed by another worker")
+            taken, gone = self.claims.take(child)
+            if taken:
+                if gone is not None:
+                    orphans = [
+                        run
+                        for run in child_runs(self.plan.tracking, self.parent_run_id)
+                        if run.data.tags.get(CHILD_TAG) == child.key and run.info.status == "RUNNING"
+                    ]
+                    for run in orphans:
+                        mark_failed(self.plan.tracking, run.info.run_id)
+                    marked = f"; its run {orphans[0].info.run_id} marked FAILED" if orphans else ""
+                    self.say(child, f"its worker {gone} is gone: taken over{marked}")
+                return child
+            if child.status != "ELSEWHERE":
+                child.status = "ELSEWHERE"
+                self.say(child, "claimed by another worker")
+            elsewhere.append(child)
         return None
 
+    def _look_elsewhere(self, queue: list[Child], elsewhere: list[Child]) -> None:
+        """Points held by other workers: done once finished; back in the queue (to take over) when their worker
+        is gone or gave them back."""
+        finished = self.finished_elsewhere()
+        for child in list(elsewhere):
+            elsewhere.remove(child)
+            if child.key not in finished:
+                queue.append(child)
+
     def run(self, children: list[Child], on_done: Callable[[Outcome], None]) -> None:
-        queue = list(children)
+        queue, elsewhere = list(children), []
+        renewed = looked = time.monotonic()
+        waiting_said = False
         try:
-            while queue or self.live:
-                while queue and len(self.live) < self.jobs:
-                    child = self._next(queue)
-                    if child is not None:
-                        self.live.append(self.launch(child))
-                for launched in list(self.live):
-                    returncode = launched.process.poll()
+            while queue or self.live or elsewhere:
+                now = time.monotonic()
+                if self.claims is not None and now - renewed >= self.options.heartbeat:
+                    self.claims.renew([running.child for running in self.live])
+                    renewed = now
+                if elsewhere and now - looked >= self.options.heartbeat:
+                    self._look_elsewhere(queue, elsewhere)
+                    looked = now
+                while queue and len(self.live) < self.options.jobs:
+                    devices = self.devices.take()
+                    if devices is None:
+                        break
+                    child = self._next(queue, elsewhere)
+                    if child is None:
+                        self.devices.give_back(devices)
+                        break
+                    self.live.append(self.launch(child, devices))
+                for running in list(self.live):
+                    returncode = running.launched.process.poll()
                     if returncode is not None:
-                        self.live.remove(launched)
-                        on_done(self.outcome(launched, returncode))
+                        self.live.remove(running)
+                        self.devices.give_back(running.launched.devices)
+                        on_done(self.outcome(running, returncode))
+                        waiting_said = False
+                if not self.live and not queue and elsewhere and not waiting_said:
+                    console.print(f"waiting for {len(elsewhere)} grid point(s) held by other workers", markup=False)
+                    waiting_said = True
                 time.sleep(0.2)
         except BaseException:
             self.stop()
@@ -255,11 +301,13 @@ def _log_parent_progress(tracker: Tracker, plan: SweepPlan) -> None:
     tracker.log_metrics({f"sweep/{status.lower()}": n for status, n in counts.items()}, step=0)
 
 
-def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> list[Child]:
-    """Run every child not finished yet; raise SweepFailed at the end if any failed.
+def run_sweep(plan: SweepPlan, options: WorkerOptions | None = None, storage: str | None = None) -> list[Child]:
+    """Run every child not finished yet; raise SweepFailed at the end unless every grid point finished.
 
-    With `storage` (a database URL), several workers share the sweep: each child runs on the first to claim it."""
-    claims = Claims(storage, plan) if storage else None
+    With `storage` (a database URL), several workers share the sweep: each child runs on the first to claim it,
+    and a worker waits for the points others hold (taking over those of a worker that is gone)."""
+    options = options or WorkerOptions()
+    claims = Claims(storage, plan, options) if storage else None
     if claims is not None:
         (parent_id, created), new_tags = claims.parent(plan, _parent_tags(plan)), {}
     else:
@@ -292,9 +340,9 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
         def on_done(outcome: Outcome) -> None:
             _record(plan, tracker.run_id, outcome)
             child = outcome.child
+            if claims is not None:
+                (claims.give_back if child.status == "FAILED" else claims.keep)(child)
             if child.status == "FAILED":
-                if claims is not None:
-                    claims.give_back(child)
                 tracker.log_text(child.log[-20000:], f"sweep/logs/child-{child.index}.log")
                 shown = f"FAILED: {child.error}"
             else:
@@ -308,15 +356,21 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
             recipe = child.recipe
             GENERATORS.prepare(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)  # type: ignore[union-attr]
         with tempfile.TemporaryDirectory(prefix="metassl-sweep-") as tmp:
-            Runner(plan, tracker.run_id, jobs, Path(tmp), claims).run(todo, on_done)
+            finished_elsewhere = lambda: set(_finished_keys(plan, tracker.run_id))  # noqa: E731
+            Runner(plan, tracker.run_id, options, Path(tmp), claims, finished_elsewhere).run(todo, on_done)
         if claims is not None:
             _fill_in_elsewhere(plan, tracker.run_id)
         _log_parent_progress(tracker, plan)
         failed = [child for child in plan.children if child.status == "FAILED"]
-        tracker.set_tags({"metassl.sweep.failed": len(failed)})
+        held = [child for child in plan.children if child.status == "ELSEWHERE" and child.run_id is None]
+        tracker.set_tags({"metassl.sweep.failed": len(failed), "metassl.sweep.held_elsewhere": len(held)})
         print_summary(plan, tracker.run_id)
-        if failed:
-            raise SweepFailed(f"{len(failed)} of {len(plan.children)} children failed")
+        if failed or held:
+            done = len(plan.children) - len(failed) - len(held)
+            raise SweepFailed(
+                f"{len(failed)} of {len(plan.children)} children failed ({done} finished, {len(failed)} failed, "
+                f"{len(held)} held by other workers)"
+            )
     return plan.children
 
 

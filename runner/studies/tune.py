@@ -6,13 +6,9 @@ out the trials, and the parent MLflow run is claimed once in the same database (
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,7 @@ from rich.console import Console
 from runner.studies.claims import claim_parent_run, database_url, holder, redact, sqlite_url
 from runner.studies.search_space import SearchSpace, load_space, trial_recipe
 from runner.studies.sweep_plan import ROLE_TAG
-from runner.tracking import MlflowTracker, Tracker, runs_with_tag, set_status
+from runner.tracking import MlflowTracker, Tracker
 from schemas import Recipe, UserError, dump_recipe, set_override, validate_recipe
 from schemas.recipe import read_recipe_document
 from schemas.training import Tracking
@@ -37,6 +33,7 @@ TRIAL_TAG = "metassl.tune.trial"
 TRIAL_STATE_TAG = "metassl.tune.state"
 BEST_RECIPE = "best/recipe.yaml"
 MAX_FAILURES = 3  # in a row: a space whose trials keep failing stops rather than spinning
+GRACE_BEATS = 3  # a trial whose heartbeat is this many intervals old belongs to a dead worker
 
 
 @dataclass
@@ -105,8 +102,12 @@ def plan_tune(
     )
 
 
-def _storage(url: str) -> Any:
-    """Optuna's RDB storage; several workers may create its tables at once, so a failed first try is retried."""
+def open_storage(url: str, heartbeat: float | None = None, on_stale: Any = None, patience: Any = None) -> Any:
+    """Optuna's RDB storage; several workers may create its tables at once, so a failed first try is retried.
+
+    With `heartbeat` (seconds), each running trial's worker renews its heartbeat; a trial silent for
+    GRACE_BEATS heartbeats is failed by the next worker that looks, and `on_stale` is called with it. With
+    `patience` (runner/studies/outage.py), an unreachable database is waited for rather than an error."""
     import optuna
     import sqlalchemy
 
@@ -114,22 +115,30 @@ def _storage(url: str) -> Any:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     url = database_url(url)
+    beats: dict[str, Any] = {}
+    if heartbeat is not None:
+        beats = {
+            "heartbeat_interval": max(1, round(heartbeat)),
+            "grace_period": max(2, round(heartbeat * GRACE_BEATS)),
+            "heartbeat_stale_trial_callback": on_stale,
+        }
+    if patience is not None:
+        return patience.call(optuna.storages.RDBStorage, url, engine_kwargs=kwargs, **beats)
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             time.sleep(1 + attempt)
         except sqlalchemy.exc.OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
             raise UserError(f"--storage: cannot open {redact(url)} ({reason})") from None
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
 
 
-def open_study(plan: TunePlan) -> Any:
+def open_study(plan: TunePlan, storage: Any) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _storage(plan.storage)
     for _ in range(3):
         try:
             return optuna.create_study(
@@ -223,104 +232,6 @@ def _log_best(plan: TunePlan, study: Any, tracker: Tracker) -> None:
         "best/trial.json",
     )
     tracker.log_metrics({"best/val_accuracy": best.value}, step=best.number)
-
-
-def _trial_run_id(plan: TunePlan, trial_key: str) -> str | None:
-    runs = runs_with_tag(plan.tracking, TRIAL_TAG, trial_key)
-    return runs[0].info.run_id if runs else None
-
-
-def _run_trial(plan: TunePlan, study: Any, trial: Any, parent_id: str) -> str:
-    """Run one trial in this process; tell Optuna how it went; return a one-line outcome."""
-    import optuna
-
-    from runner.run import session
-
-    values = plan.space.values(trial.params)
-    trial_key = f"{plan.study_name}/{trial.number}"
-    shown = " ".join(f"{key}={json.dumps(value, default=str)}" for key, value in values.items())
-    console.print(f"[trial {trial.number}] {shown}")
-    try:
-        recipe = trial_recipe(
-            plan.document,
-            {**values, "tracking.run_name": f"{plan.study_name} trial {trial.number}"},
-            f"trial {trial.number} ({shown})",
-        )
-        if recipe.data.validation.source != "holdout":
-            raise UserError("the space switched data.validation.source away from holdout")
-    except UserError as exc:
-        trial.set_user_attr("error", str(exc))
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return f"FAILED (invalid recipe): {exc}"
-
-    last: list[float] = []
-    total = recipe.schedule.iterations
-
-    def on_validation(iteration: int, accuracy: float) -> None:
-        last.append(accuracy)
-        if iteration < total:  # the last evaluation is the result, not a reason to stop
-            trial.report(accuracy, iteration)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at iteration {iteration}")
-
-    tags = {TRIAL_TAG: trial_key, STUDY_TAG: plan.study_name}
-    try:
-        result = session.execute(recipe, parent_run_id=parent_id, extra_tags=tags, on_validation=on_validation)
-    except optuna.TrialPruned as exc:
-        run_id = _trial_run_id(plan, trial_key)
-        if run_id:
-            trial.set_user_attr("run_id", run_id)
-            MlflowTracker.attach(plan.tracking, run_id).set_tags({TRIAL_STATE_TAG: "PRUNED"})
-            set_status(plan.tracking, run_id, "KILLED")
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return f"pruned ({exc}; {OBJECTIVE} {last[-1]:.4f})"
-    except KeyboardInterrupt:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    except Exception as exc:
-        trial.set_user_attr("error", str(exc)[:500])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    trial.set_user_attr("run_id", result.run_id)
-    value = last[-1]
-    MlflowTracker.attach(plan.tracking, result.run_id).set_tags({TRIAL_STATE_TAG: "COMPLETE"})
-    MlflowTracker.attach(plan.tracking, result.run_id).log_metrics({"tune/objective": value}, step=total)
-    study.tell(trial, value)
-    return f"{OBJECTIVE} {value:.4f} (test {result.accuracy:.4f}, run {result.run_id}, {result.wall_seconds:.0f} s)"
-
-
-def run_tune(plan: TunePlan) -> Any:
-    """Run trials until the study has `plan.trials` done or running; other workers may be running some of them."""
-    import optuna
-
-    study = open_study(plan)
-    parent_id = _parent_run(plan)
-    worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    console.print(
-        f"study {plan.study_name} ({redact(plan.storage)}), parent run {parent_id}, worker {worker}: "
-        + progress_line(study, plan.trials)
-    )
-    failures = 0
-    with MlflowTracker.open(plan.tracking, resume_run_id=parent_id) as tracker:
-        while _counted(study) < plan.trials and failures < MAX_FAILURES:
-            trial = study.ask(plan.space.distributions())
-            # Two workers may ask at the same moment for the last slot: the trial numbered later gives way.
-            if _counted(study, below=trial.number) >= plan.trials:
-                trial.set_user_attr("surplus", True)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                break
-            outcome = _run_trial(plan, study, trial, parent_id)
-            failures = failures + 1 if outcome.startswith("FAILED") else 0
-            console.print(f"[trial {trial.number}] {outcome} | {progress_line(study, plan.trials)}")
-            with contextlib.suppress(ValueError):
-                _log_best(plan, study, tracker)
-        _log_best(plan, study, tracker)
-        tracker.set_tags(
-            {"metassl.tune.trials": plan.trials, **{f"metassl.tune.{k.lower()}": v for k, v in _states(study).items()}}
-        )
-    if failures >= MAX_FAILURES:
-        raise UserError(f"study {plan.study_name}: {MAX_FAILURES} trials in a row failed; see the errors above")
-    return study
 
 
 def summary(plan: TunePlan, study: Any, parent_id: str | None = None) -> str:

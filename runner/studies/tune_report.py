@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.studies.publish import publish
-from runner.studies.tune import OBJECTIVE, STORAGE_TAG, STUDY_TAG, _storage
+from runner.studies.tune import OBJECTIVE, STORAGE_TAG, STUDY_TAG, open_storage
 from runner.tracking import MlflowTracker
 from schemas import UserError
 from schemas.training import Tracking
@@ -27,7 +27,7 @@ def _load_study(run: Any, storage: str | None) -> Any:
     if "***" in url or not url:
         raise UserError(f"run {run.info.run_id}: give the study's database with --storage (its password is not logged)")
     try:
-        return optuna.load_study(study_name=run.data.tags[STUDY_TAG], storage=_storage(url))
+        return optuna.load_study(study_name=run.data.tags[STUDY_TAG], storage=open_storage(url))
     except KeyError:
         raise UserError(f"--storage: no study '{run.data.tags[STUDY_TAG]}' in that database") from None
 
