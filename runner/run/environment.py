@@ -1,4 +1,4 @@
-"""What a run ran on: package versions, git commit, pip freeze."""
+"""What a run ran on: package versions, git commit, the CPU and its vector instructions, pip freeze."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 
 import torch
+
+from runner import cpu_isa
 
 KEY_PACKAGES = ("metassl", "torch", "torchvision", "diffusers", "mlflow", "pydantic", "numpy")
 
@@ -46,10 +48,22 @@ def describe() -> dict[str, object]:
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
+        "cpu": describe_cpu(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def describe_cpu() -> dict[str, object]:
+    """The CPU and the instruction set its float kernels ran with: they decide a CPU run's last digits."""
+    return {
+        "model": cpu_isa.cpu_model(),
+        "machine": platform.machine(),
+        "vector_extensions": cpu_isa.vector_extensions(),
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "pinned": cpu_isa.pinned_environment(),
+    }
 
 
 def pip_freeze() -> str:
