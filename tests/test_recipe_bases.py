@@ -3,15 +3,17 @@
 # ruff: noqa: E501 - one case per line reads best as a table
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from schemas import RecipeError, load_recipe, recipe_to_dict
+from schemas import RecipeError, load_recipe, recipe_to_dict, validate_recipe
+from schemas.pretrain import PretrainRecipe
 from schemas.recipe import read_recipe_document
-from tests.helpers import RECIPES, metassl
+from tests.helpers import RECIPES, ROOT, metassl
 
 DIGITS = (RECIPES / "digits_tiny.yaml").read_text()
 
@@ -165,3 +167,24 @@ def test_a_few_aliases_are_fine(tmp_path: Path):
     )
     with pytest.raises(RecipeError, match="x-again: unknown field"):
         load_recipe(shared)
+
+
+BEFORE_BASES = ROOT / "tests" / "data" / "shipped_recipes_before_bases.json"
+
+
+def test_every_shipped_recipe_resolves_as_before_its_rewrite_on_bases():
+    """The shipped recipes were rewritten on bases; each must resolve to exactly what it resolved to before.
+
+    The expectation is each file as it was written out in full (`git show main:recipes/...` parsed, at the commit
+    before the rewrite), resolved with today's schema, so a new default changes both sides alike.
+    """
+    before = json.loads(BEFORE_BASES.read_text())
+    shipped = sorted(str(path.relative_to(ROOT)) for path in RECIPES.rglob("*.yaml") if path.parent.name != "spaces")
+    assert sorted(before) == shipped
+    for name, document in before.items():
+        if "method" not in document:  # a generator recipe (`metassl pretrain`)
+            resolved = PretrainRecipe.model_validate(read_recipe_document(ROOT / name))
+            assert resolved == PretrainRecipe.model_validate(document), name
+            continue
+        expected = recipe_to_dict(validate_recipe(document, f"{name} before"))
+        assert recipe_to_dict(load_recipe(ROOT / name)) == expected, name
