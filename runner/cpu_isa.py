@@ -3,7 +3,8 @@
 torch's CPU float kernels come from three libraries that each pick their code for the CPU they find: ATen's own
 kernels (softmax, reductions, elementwise), oneDNN (convolutions) and MKL (matrix products). AVX-512 and AVX2
 code sum in another order, so the same recipe, seed, torch build and thread count ends at a slightly different
-accuracy on an AVX-512 machine. `cpu_isa: avx2` caps all three at AVX2, which every x86-64 CPU since 2015 has.
+accuracy on an AVX-512 machine. `cpu_isa: avx2` caps ATen and oneDNN at AVX2, which every x86-64 CPU since 2015
+has, and puts MKL in its vendor-independent mode.
 Each library reads its setting once, when torch (or the library) first starts: it must be in the environment
 before torch is imported, so the CLI pins it before it imports torch, and a run checks it took effect.
 Imports no torch.
@@ -25,7 +26,9 @@ AVX2_ENVIRONMENT = {
     "ATEN_CPU_CAPABILITY": "avx2",  # ATen's kernels
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (convolutions); DNNL_ is its older name
     "DNNL_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: the AVX2 code path on any AVX2 CPU
+    # MKL's reproducible mode. Its AVX2 mode still sums differently on Intel and AMD CPUs (benchmarks/
+    # kernel_digests.py under an emulated Haswell); COMPATIBLE runs one code path on both.
+    "MKL_CBWR": "COMPATIBLE",
 }
 AVX2_FLAGS = ("avx2", "fma")  # what ATen's AVX2 kernels need
 VECTOR_FLAG = re.compile(r"sse4_2|avx\w*|fma|amx\w*")
