@@ -32,7 +32,11 @@ app = typer.Typer(
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 RecipeArg = Annotated[
-    Path, typer.Argument(help="a recipe YAML file, e.g. recipes/digits_tiny.yaml", show_default=False)
+    Path,
+    typer.Argument(
+        help="a recipe YAML file, e.g. recipes/digits_tiny.yaml, or a logged run's recipe: runs:/RUN_ID",
+        show_default=False,
+    ),
 ]
 Overrides = Annotated[
     list[str] | None,
@@ -119,10 +123,11 @@ def tracking_block(tracking_uri: str | None, experiment: str | None = None) -> A
     )
 
 
-def _load(recipe: Path, overrides: list[str] | None) -> Any:
-    from schemas import load_recipe
+def _load(recipe: Path, overrides: list[str] | None, tracking_uri: str | None = None) -> Any:
+    """A recipe file, or `runs:/RUN_ID` from the store at `tracking_uri` (default: the local store)."""
+    from runner.recipe_source import load_source
 
-    return load_recipe(recipe, overrides)
+    return load_source(recipe, overrides, tracking_block(tracking_uri)).recipe
 
 
 def _with_store(recipe: Any, tracking_uri: str | None) -> Any:
@@ -135,7 +140,9 @@ def _with_store(recipe: Any, tracking_uri: str | None) -> Any:
 @app.command()
 @user_errors
 def run(
-    recipe: Annotated[Path | None, typer.Argument(help="a recipe YAML file", show_default=False)] = None,
+    recipe: Annotated[
+        Path | None, typer.Argument(help="a recipe YAML file, or runs:/RUN_ID", show_default=False)
+    ] = None,
     override: Overrides = None,
     resume: Annotated[
         str | None,
@@ -148,7 +155,8 @@ def run(
         typer.Option(
             "--tracking-uri",
             help="the MLflow store: for a RECIPE, replaces its tracking.tracking_uri (artifacts still go to"
-            " tracking.artifact_root); for --resume RUN_ID, where to find the run [default: sqlite:///mlruns/mlflow.db]",
+            " tracking.artifact_root); for runs:/RUN_ID or --resume RUN_ID, where to find the run (and the new run"
+            " goes there too) [default: sqlite:///mlruns/mlflow.db]",
             show_default=False,
         ),
     ] = None,
@@ -158,7 +166,7 @@ def run(
     tag: Annotated[list[str] | None, typer.Option("--tag", hidden=True, help="extra run tag KEY=VALUE")] = None,
 ) -> None:
     """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
-    from runner.run import session
+    from runner import cpu_isa
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
@@ -166,16 +174,25 @@ def run(
         fail("give either RECIPE or --resume, not both")
     if resume is None and recipe is None:
         fail("missing RECIPE; e.g. metassl run recipes/digits_tiny.yaml (see metassl run --help)")
-    if resume is not None:
-        if resume.endswith((".yaml", ".yml")) or Path(resume).exists():
-            result = session.resume_latest(_with_store(_load(Path(resume), override), tracking_uri))
-        else:
-            result = session.resume(resume, tracking_block(tracking_uri))
+    by_recipe = resume is None or resume.endswith((".yaml", ".yml")) or Path(resume).exists()
+    if by_recipe:
+        source = recipe if resume is None else Path(resume)
+        loaded = _with_store(_load(source, override, tracking_uri), tracking_uri)  # type: ignore[arg-type]
+        cpu_isa.pin(loaded.runtime.cpu_isa)  # before torch is imported: its kernels read it once
+    else:
+        from runner.tracking import recipe_of_run
+
+        cpu_isa.pin(recipe_of_run(resume, tracking_block(tracking_uri)).recipe.runtime.cpu_isa)  # type: ignore[arg-type]
+    from runner.run import session
+
+    if resume is not None and by_recipe:
+        result = session.resume_latest(loaded)
+    elif resume is not None:
+        result = session.resume(resume, tracking_block(tracking_uri))
     else:
         from runner.studies import trial
 
         extra_tags = dict(item.partition("=")[::2] for item in tag or [])
-        loaded = _with_store(_load(recipe, override), tracking_uri)  # type: ignore[arg-type]
         if trial.is_trial():  # a child of `metassl tune`
             typer.echo(trial.run_as_trial(loaded, parent_run_id, extra_tags))
             return
@@ -185,12 +202,12 @@ def run(
 
 @app.command()
 @user_errors
-def validate(recipe: RecipeArg, override: Overrides = None) -> None:
+def validate(recipe: RecipeArg, override: Overrides = None, tracking_uri: TrackingUri = None) -> None:
     """Check a recipe without any torch work: its fields, the folders and checkpoint it names, a CUDA device if it
     asks for one, and that its tracking store is writable (or its server answers)."""
     from runner.tracking import check_store
 
-    loaded = _load(recipe, override)
+    loaded = _load(recipe, override, tracking_uri)
     loaded.check_inputs()
     if loaded.runtime.device == "cuda":  # only then is torch imported, to ask for the device
         from runner.common.device import select_device
@@ -205,11 +222,28 @@ def validate(recipe: RecipeArg, override: Overrides = None) -> None:
 
 @app.command()
 @user_errors
-def show(recipe: RecipeArg, override: Overrides = None) -> None:
-    """Print the resolved recipe, every default filled in (re-runnable as is)."""
+def show(recipe: RecipeArg, override: Overrides = None, tracking_uri: TrackingUri = None) -> None:
+    """Print the resolved recipe, its bases merged and every default filled in (re-runnable as is)."""
     from schemas import dump_recipe
 
-    typer.echo(dump_recipe(_load(recipe, override)), nl=False)
+    typer.echo(dump_recipe(_load(recipe, override, tracking_uri)), nl=False)
+
+
+@app.command()
+@user_errors
+def diff(
+    a: Annotated[str, typer.Argument(help="a recipe file or runs:/RUN_ID", show_default=False)],
+    b: Annotated[str, typer.Argument(help="a recipe file or runs:/RUN_ID", show_default=False)],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Why two results differ: the recipe fields that differ and, for runs, their results side by side and what
+    differs in the machine and packages they ran on.
+
+    [bold]metassl diff runs:/RUN_A runs:/RUN_B[/bold]
+    """
+    from runner.recipe_diff import diff as diff_sources
+
+    typer.echo(diff_sources(a, b, tracking_block(tracking_uri)))
 
 
 @app.command()
@@ -358,12 +392,20 @@ def pretrain(
 
     [bold]metassl pretrain recipes/generators/fashion_mnist_gan.yaml[/bold]
     """
-    from runner.pretraining.pretrain import pretrain_generator
-    from runner.pretraining.recipe import load_pretrain_recipe
+    from runner import cpu_isa
     from runner.tracking import quiet_libraries
-    from schemas.generators import has_checkpoint
+    from schemas.recipe import read_recipe_document, set_override
 
     quiet_libraries()
+    document = read_recipe_document(recipe)  # its runtime.cpu_isa, before torch is imported
+    for assignment in override or []:
+        set_override(document, assignment)
+    runtime = document.get("runtime")
+    cpu_isa.pin(runtime.get("cpu_isa", "native") if isinstance(runtime, dict) else "native")
+    from runner.pretraining.pretrain import pretrain_generator
+    from runner.pretraining.recipe import load_pretrain_recipe
+    from schemas.generators import has_checkpoint
+
     loaded = load_pretrain_recipe(recipe, override or [])
     cached = has_checkpoint(loaded.generator.path) and not force
     path = pretrain_generator(loaded.generator, tracking=loaded.tracking, runtime=loaded.runtime, force=force)

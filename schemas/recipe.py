@@ -18,7 +18,9 @@ from schemas.data import DataBase
 from schemas.errors import RecipeError
 from schemas.generators import GeneratorBase, LocalGAN, NoGenerator
 from schemas.methods import MethodBase
+from schemas.recipe_files import RecipeDocument, check_document, read_recipe_document
 from schemas.training import NAME_MAX, Optim, Runtime, Schedule, Tracking, check_name
+from schemas.yaml_budget import parse_yaml
 
 FIELD_PATH = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z0-9_]+)+|name|seed")
 
@@ -141,29 +143,7 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {message}"
 
 
-MAX_DEPTH = 32  # recipes nest four or five levels; deeper is a mistake (or an attack on the parser)
 MAX_PROBLEMS = 10  # listed per error; the rest are counted
-
-
-def _depth(document: Any) -> int:
-    """Nesting depth of lists and mappings, without recursion (a deep document must not overflow the stack)."""
-    deepest, stack = 0, [(document, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
-            if depth <= MAX_DEPTH:
-                stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
-
-
-def check_document(document: Any, source: str) -> dict[str, Any]:
-    """The parsed YAML is a mapping of sane depth (before overrides or validation touch it)."""
-    if not isinstance(document, dict):
-        raise RecipeError(f"{source}: a recipe is a YAML mapping of fields, got {type(document).__name__}")
-    if _depth(document) > MAX_DEPTH:
-        raise RecipeError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels of blocks")
-    return document
 
 
 def validate_recipe(document: Any, source: str = "recipe") -> Recipe:
@@ -172,12 +152,21 @@ def validate_recipe(document: Any, source: str = "recipe") -> Recipe:
     try:
         return recipe_model().model_validate(document)
     except ValidationError as exc:
-        raise RecipeError(describe_errors(exc, source)) from None
+        raise RecipeError(describe_errors(exc, source, document)) from None
 
 
-def describe_errors(exc: ValidationError, source: str) -> str:
+def _with_origin(line: str, source: str, document: Any) -> str:
+    """`field: problem`, naming the base file the field came from when it is not `source` itself."""
+    if not isinstance(document, RecipeDocument):
+        return line
+    field, colon, problem = line.partition(": ")
+    origin = document.origin(field) if colon and FIELD_PATH.fullmatch(field) else None
+    return line if origin is None or origin == source else f"{field} (set in {origin}): {problem}"
+
+
+def describe_errors(exc: ValidationError, source: str, document: Any = None) -> str:
     """One line naming the invalid fields of a recipe (or any other block), at most MAX_PROBLEMS of them."""
-    lines = list(dict.fromkeys(_describe(error) for error in exc.errors()))
+    lines = list(dict.fromkeys(_with_origin(_describe(error), source, document) for error in exc.errors()))
     more = f"; and {len(lines) - MAX_PROBLEMS} more problems" if len(lines) > MAX_PROBLEMS else ""
     return f"{source}: " + "; ".join(lines[:MAX_PROBLEMS]) + more
 
@@ -195,55 +184,6 @@ def validate_block(model: type[Block], fields: dict[str, Any], kind: str, option
         raise RecipeError("; ".join(dict.fromkeys(lines))) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, str | int | float | bool) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (remove one of them)", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no Python tags
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{source}: malformed YAML{where}: {problem}") from None
-    except RecursionError:
-        raise RecipeError(
-            f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels of blocks"
-        ) from None
-
-
-def read_recipe_document(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise RecipeError(f"recipe file not found: {path} (check the path; recipes live in recipes/)")
-    if path.is_dir():
-        raise RecipeError(f"{path} is a directory; pass a recipe .yaml file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecipeError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); a recipe is a YAML"
-            " text file"
-        ) from None
-    if "\x00" in text:
-        raise RecipeError(f"{path}: a binary file (it contains NUL bytes); a recipe is a YAML text file")
-    document = parse_yaml(text, str(path))
-    if document is None:
-        raise RecipeError(f"{path}: the recipe is empty")
-    return check_document(document, str(path))
-
-
 def set_override(document: dict[str, Any], assignment: str) -> None:
     """Apply one `key.path=value` override in place; the value is parsed as YAML."""
     if "=" not in assignment:
@@ -253,6 +193,8 @@ def set_override(document: dict[str, Any], assignment: str) -> None:
     if not parts:
         raise RecipeError(f"override '{assignment}': the key is empty")
     value = parse_yaml(raw, f"override '{assignment}'")
+    if isinstance(document, RecipeDocument):
+        document.forget_origin(".".join(parts))
     node = document
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)

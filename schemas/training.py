@@ -139,3 +139,8 @@ class Runtime(Block):
     )
     threads: PositiveInt | None = Field(default=None, description="torch CPU threads; default: torch's choice")
     deterministic: bool = Field(default=True, description="deterministic algorithms (CPU runs repeat exactly)")
+    cpu_isa: Literal["native", "avx2"] = Field(
+        default="native",
+        description="vector instructions of the CPU float kernels (ATen, oneDNN, MKL): native, the fastest this CPU"
+        " has; avx2, the same numbers on any x86-64 CPU with AVX2 (2015 on), AVX-512 or not",
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from runner import cpu_isa
 from runner.common.device import select_device
 from runner.pretraining.checkpoint import check_pretrain_matches, save_atomically
 from runner.pretraining.gan import GRID_PER_CLUSTER, train_gan
@@ -67,6 +68,7 @@ def pretrain_generator(config: LocalGAN, *, tracking: Tracking, runtime: Runtime
     if config.pretrain is None:
         raise UserError("generator.pretrain: missing; add a pretrain block to say how to train this generator")
     pretrain = config.pretrain
+    cpu_isa.pin(runtime.cpu_isa)  # checked: the CLI set it before torch started
     device = select_device(runtime)
     started = time.perf_counter()
     console.print(

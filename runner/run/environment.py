@@ -1,4 +1,4 @@
-"""What a run ran on: package versions, git commit, pip freeze."""
+"""What a run ran on: package versions, git commit, the CPU and its vector instructions, pip freeze."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 
 import torch
+
+from runner import cpu_isa
 
 KEY_PACKAGES = ("metassl", "torch", "torchvision", "diffusers", "mlflow", "pydantic", "numpy")
 
@@ -48,10 +50,22 @@ def describe() -> dict[str, object]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # set per child by sweeps and tuning
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
+        "cpu": describe_cpu(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def describe_cpu() -> dict[str, object]:
+    """The CPU and the instruction set its float kernels ran with: they decide a CPU run's last digits."""
+    return {
+        "model": cpu_isa.cpu_model(),
+        "machine": platform.machine(),
+        "vector_extensions": cpu_isa.vector_extensions(),
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "pinned": cpu_isa.pinned_environment(),
+    }
 
 
 def pip_freeze() -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from runner import faults
+from runner import cpu_isa, faults
 from runner.pretraining.runs import generator_link_tags
 from runner.registry import GENERATORS
 from runner.run import environment, interrupts
@@ -122,6 +122,7 @@ def execute(
     `on_validation(iteration, val_accuracy)` is called at each evaluation (tuning prunes through it).
     """
     started = time.perf_counter()
+    cpu_isa.pin(recipe.runtime.cpu_isa)  # set by the CLI before torch started; here, checked
     check_store(recipe.tracking)  # a read-only or unreachable store fails before any data loads
     prepared = prepare_data(recipe)  # a missing dataset fails here, before any MLflow run exists
     GENERATORS.prepare(recipe.generator, tracking=recipe.tracking, runtime=recipe.runtime)

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from runner.tracking.names import PARENT_TAG, RECIPE_ARTIFACT
 from runner.tracking.store import client_for, experiment_id
 from schemas import Recipe, UserError, validate_recipe
 from schemas.training import Tracking
+from schemas.yaml_budget import parse_yaml
 
 
 def download_artifact(client: Any, run_id: str, artifact_file: str, folder: Path) -> Path | None:
@@ -142,5 +141,6 @@ def recipe_of_run(run_id: str, tracking: Tracking) -> LoggedRun:
         if path is None:
             raise UserError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact; it was not started by metassl run")
         text = path.read_text()
-    recipe = validate_recipe(yaml.safe_load(text), f"run {run_id} {RECIPE_ARTIFACT}")
+    source = f"run {run_id} {RECIPE_ARTIFACT}"
+    recipe = validate_recipe(parse_yaml(text, source), source)  # within the budget: a shared store is not trusted
     return LoggedRun(recipe, run, client)
