@@ -358,12 +358,14 @@ def sweep(
 
     [bold]metassl sweep recipes/digits_tiny.yaml --grid method.name=supervised,fixmatch --grid seed=0,1,2[/bold]
     """
+    from runner.studies.admit import admit_sweep
     from runner.studies.sweep import SweepFailed, run_sweep
     from runner.studies.sweep_plan import plan_sweep
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
     plan = plan_sweep(recipe, grid or [], override or [], name)
+    admit_sweep(plan, storage, named=name is not None)
     try:
         run_sweep(plan, jobs, storage)
     except SweepFailed as exc:
@@ -447,11 +449,13 @@ def tune(
 
     Start the same command on several machines with one --storage postgresql://... to share the study.
     """
+    from runner.studies.admit import admit_tune
     from runner.studies.tune import parent_of, plan_tune, run_tune, summary
     from runner.tracking import quiet_libraries
 
     quiet_libraries()
     plan = plan_tune(recipe, space, override or [], name, storage, trials, objective)
+    admit_tune(plan)
     study = run_tune(plan)
     typer.echo(summary(plan, study, parent_of(plan)))
 

@@ -103,6 +103,11 @@ class Tracking(Block):
     )
     run_name: str | None = Field(default=None, max_length=NAME_MAX)
     log_model: bool = Field(default=True, description="log the final classifier weights as safetensors")
+    server_wait: NonNegativeInt = Field(
+        default=600,
+        description="seconds a run on a tracking server rides out its outage (training goes on, logging queued)"
+        " before it stops with its checkpoint saved locally",
+    )
 
     @field_validator("experiment", "run_name")
     @classmethod

@@ -16,7 +16,7 @@ from runner import faults
 from runner.pretraining.pretrain import ensure_generator
 from runner.run import environment, interrupts
 from runner.run.build import Components, build_components, prepare_data
-from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
+from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint, newer_local
 from runner.run.evaluate import Evaluation
 from runner.run.loop import LoopState, console, restore_state, train
 from runner.run.plots import close, confusion_figure, learning_curves_figure
@@ -30,6 +30,7 @@ from runner.tracking import (
     download_artifact,
     find_run,
     latest_unfinished_run,
+    local_folder,
     recipe_of_run,
     refuse_live_run,
 )
@@ -138,7 +139,7 @@ def execute(
                 ) as tracker,
             ):
                 run_id = tracker.run_id
-                checkpoint_file = checkpoint_path(Path(scratch))
+                checkpoint_file = checkpoint_path(tracker.local_folder or Path(scratch))
                 if resume_run_id is None:
                     _log_run_inputs(tracker, components)
                 else:
@@ -154,8 +155,9 @@ def execute(
             if run_id is None:
                 raise
             done = str(exc) if isinstance(exc, interrupts.Interrupted) else "interrupted"
+            marked = "marked KILLED" if tracker is None or tracker.ended_as else "not marked (its server is down)"
             raise interrupts.Interrupted(
-                f"{done}; run {run_id} saved and marked KILLED; continue it with: "
+                f"{done}; run {run_id} saved and {marked}; continue it with: "
                 f"metassl run --resume {run_id} --tracking-uri {recipe.tracking.tracking_uri}"
             ) from None
         except Exception as exc:
@@ -180,6 +182,7 @@ def _restored_state(recipe: Recipe, run_id: str, components: Components, scratch
     artifact = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
     path = download_artifact(client, run_id, artifact, scratch)
     checkpoint = None if path is None else load_checkpoint(path, f"{artifact} of run {run_id}")
+    checkpoint = newer_local(checkpoint, checkpoint_path(local_folder(run_id)))
     if checkpoint is None:
         return LoopState()
     try:

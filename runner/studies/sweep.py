@@ -20,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from runner.studies.admit import record, sweep_content
 from runner.studies.claims import claim, holder, release
 from runner.studies.sweep_grid import canonical_value
 from runner.studies.sweep_plan import CHILD_TAG, ROLE_TAG, SWEEP_TAG, Child, SweepPlan
@@ -278,6 +279,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, storage: str | None = None) -> lis
     with MlflowTracker.open(plan.tracking, run_name=plan.name, tags=new_tags, resume_run_id=parent_id) as tracker:
         if parent_id is None or created:
             _log_parent_inputs(tracker, plan)
+        record(plan.tracking, tracker.run_id, sweep_content(plan))
         console.print(
             f"sweep {plan.identity}: parent run {tracker.run_id} ({len(plan.children)} children)", markup=False
         )

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from runner.studies.admit import record, tune_content
 from runner.studies.claims import claim, database_url, holder, redact, sqlite_url
 from runner.studies.search_space import SearchSpace, load_space, trial_recipe
 from runner.tracking import MlflowTracker, Tracker, create_run, delete_run, runs_with_tag, set_status
@@ -301,6 +302,7 @@ def run_tune(plan: TunePlan) -> Any:
 
     study = open_study(plan)
     parent_id = _parent_run(plan)
+    record(plan.tracking, parent_id, tune_content(plan), study)
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     console.print(
         f"study {plan.study_name} ({redact(plan.storage)}), parent run {parent_id}, worker {worker}: "
