@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from runner.tracking.outbox import Outbox, TrackingOutage, Write, local_folder
 from tests.helpers import RECIPES, ROOT, metassl
 from tests.servers import create_database, free_port, postgres, start_mlflow, stop_mlflow  # noqa: F401 (fixture)
 
@@ -148,3 +149,31 @@ def check_outages(
     assert client.get_run(hasty_id).info.status == "FINISHED"
     assert logged_steps(client, hasty_id) == list(range(LOG_EVERY, ITERATIONS + 1, LOG_EVERY))
     assert not checkpoint.parent.parent.exists()
+
+
+def test_writes_queue_while_the_server_is_down_and_outlive_the_process(tmp_path: Path, monkeypatch):
+    """A real MLflow client on a port where nothing listens: each write queues instead of raising, a newer artifact
+    replaces a queued one, and what was not sent is kept for the next process of the run."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    uri = f"http://127.0.0.1:{free_port()}"
+    outbox = Outbox(MlflowClient(uri), "run0", uri, wait_seconds=60)
+    outbox.send(Write("metrics", [["loss", 0.5, 1000, 10]]))
+    assert outbox.is_down() and len(outbox.pending) == 1
+    checkpoint = local_folder("run0") / "checkpoints" / "last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    for _ in range(2):
+        outbox.send(Write("artifact", [[str(checkpoint), "checkpoints"]], destination="checkpoints/last.pt"))
+    assert [write.kind for write in outbox.pending] == ["metrics", "artifact"]
+
+    outbox.down_since -= 61  # the outage has now lasted past the wait
+    with pytest.raises(TrackingOutage) as stopped:
+        outbox.flush()
+    message = str(stopped.value)
+    assert f"its last checkpoint is {checkpoint}, and 2 unsent logs wait in {local_folder('run0')}" in message
+    assert f"continue with: metassl run --resume run0 --tracking-uri {uri}" in message
+    outbox.close(ended=False)
+
+    again = Outbox(MlflowClient(uri), "run0", uri, wait_seconds=60)
+    assert [write.kind for write in again.pending] == ["metrics", "artifact"]
+    assert not list(local_folder("run0").glob("pending-*.json")) and checkpoint.exists()
