@@ -65,6 +65,8 @@ class Tracker(Protocol):
 class NullTracker:
     """Logs nothing: the loop without MLflow (benchmarks, tests), or a process other than the logging one."""
 
+    local_folder: Path | None = None  # no checkpoint of its own on this machine (see MlflowTracker.local_folder)
+
     def __init__(self, run_id: str = "") -> None:
         self.run_id = run_id
 
@@ -255,12 +257,11 @@ class MlflowTracker:
         """Log a file. Through a server, a file outside the run's local folder is copied there first (it may be gone
         by the time an outage ends); one inside it (the checkpoint) is sent as it is then."""
         local_path = Path(local_path)
-        if self.outbox is not None and not local_path.is_relative_to(self.outbox.folder):
-            destination = f"{artifact_path}/{local_path.name}" if artifact_path else local_path.name
-            self._log_file(destination, lambda path: shutil.copyfile(local_path, path))
-            return
         destination = f"{artifact_path}/{local_path.name}" if artifact_path else local_path.name
-        self._write(Write("artifact", [[str(local_path), artifact_path]], destination=destination))
+        if self.outbox is not None and not local_path.is_relative_to(self.outbox.folder):
+            self._log_file(destination, lambda path: shutil.copyfile(local_path, path))
+        else:
+            self._write(Write("artifact", [[str(local_path), artifact_path]], destination=destination))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self._log_file(artifact_file, lambda path: figure.savefig(path))
