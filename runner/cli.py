@@ -442,6 +442,7 @@ def sweep(
 
     [bold]metassl sweep recipes/digits_tiny.yaml --grid method.name=supervised,fixmatch --grid seed=0,1,2[/bold]
     """
+    from runner.studies.admit import admit_sweep
     from runner.studies.launch import WorkerOptions, plan_devices
     from runner.studies.sweep import SweepFailed, run_sweep
     from runner.studies.sweep_plan import plan_sweep
@@ -449,6 +450,7 @@ def sweep(
 
     quiet_libraries()
     plan = plan_sweep(recipe, grid or [], override or [], name)
+    admit_sweep(plan, storage, named=name is not None)
     try:
         options = WorkerOptions(jobs, plan_devices(devices, jobs, nproc), nproc, storage_wait, heartbeat)
         run_sweep(plan, options, storage)
@@ -538,6 +540,7 @@ def tune(
 
     Start the same command on several machines with one --storage postgresql://... to share the study.
     """
+    from runner.studies.admit import admit_tune
     from runner.studies.launch import WorkerOptions, plan_devices
     from runner.studies.tune import parent_of, plan_tune, summary
     from runner.studies.tune_worker import run_tune
@@ -545,6 +548,7 @@ def tune(
 
     quiet_libraries()
     plan = plan_tune(recipe, space, override or [], name, storage, trials, objective)
+    admit_tune(plan)
     study = run_tune(plan, WorkerOptions(jobs, plan_devices(devices, jobs, nproc), nproc, storage_wait, heartbeat))
     typer.echo(summary(plan, study, parent_of(plan)))
 

@@ -114,6 +114,11 @@ class Tracking(Block):
     )
     system_metrics: bool = Field(default=True, description="log CPU, memory (and GPU) use while the run trains")
     system_metrics_interval: PositiveFloat = Field(default=10.0, description="seconds between system-metric samples")
+    server_wait: NonNegativeInt = Field(
+        default=600,
+        description="seconds a run on a tracking server rides out its outage (training goes on, logging queued)"
+        " before it stops with its checkpoint saved locally",
+    )
 
     @field_validator("experiment", "run_name", "register_model")
     @classmethod

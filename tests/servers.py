@@ -112,39 +112,62 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def start_mlflow(backend: str, artifacts: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`mlflow server --serve-artifacts` on `backend` at 127.0.0.1:`port`, answering `/health` when this returns."""
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend,
+        "--serve-artifacts", "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True
+        )
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_mlflow(process)
+            pytest.fail(f"mlflow server did not start: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_mlflow(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an operator stops it; SIGKILL if it does not go within 30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def create_database(postgres: str, name: str) -> str:
+    """A fresh database on the test cluster; its URL."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{postgres}/{name}"
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(postgres: str) -> Iterator[Server]:
     """`mlflow server --serve-artifacts` on the PostgreSQL `mlflow` database."""
     port = free_port()
     root = Path(tempfile.mkdtemp(prefix="metassl-mlflow-server-"))
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"{postgres}/mlflow",
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    log = open(root / "server.log", "wb")  # noqa: SIM115 (closed below, after the server stops)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    process = start_mlflow(f"{postgres}/mlflow", root / "artifacts", port, root / "server.log")
     try:
-        yield Server(uri, root / "artifacts")
+        yield Server(f"http://127.0.0.1:{port}", root / "artifacts")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        stop_mlflow(process)
         shutil.rmtree(root, ignore_errors=True)

@@ -140,7 +140,11 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "empty.yaml").write_text("")
     (folder / "deep.yaml").write_text("name: x\ndata: " + "[" * 5000 + "]" * 5000 + "\n")
     laughs = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
-    (folder / "bomb.yaml").write_text('a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + laughs + base.replace("name: digits_tiny", "name: *i"))
+    (folder / "bomb.yaml").write_text(
+        'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+        + laughs
+        + base.replace("name: digits_tiny", "name: *i")
+    )
     (folder / "list.yaml").write_text("- 1\n- 2\n")
     (folder / "scalar.yaml").write_text("42\n")
     (folder / "dup.yaml").write_text(base + "seed: 3\n")

@@ -73,3 +73,14 @@ def load_checkpoint(path: Path, label: str | None = None) -> dict[str, Any] | No
     if missing:
         raise UserError(f"checkpoint {name} lacks {', '.join(missing)}; {remedy}")
     return state
+
+
+def newer_local(checkpoint: dict[str, Any] | None, local_file: Path) -> dict[str, Any] | None:
+    """The run's checkpoint on this machine when it is further on than the store's (`checkpoint`).
+
+    A run on a tracking server writes its checkpoint here first; after an outage the server's copy may lag behind.
+    """
+    local = load_checkpoint(local_file, f"{local_file} (the run's checkpoint on this machine)")
+    if local is None or (checkpoint is not None and checkpoint["iteration"] >= local["iteration"]):
+        return checkpoint
+    return local

@@ -17,7 +17,7 @@ from runner.pretraining.runs import generator_link_tags
 from runner.registry import GENERATORS
 from runner.run import environment, interrupts
 from runner.run.build import Components, build_components, prepare_data
-from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint
+from runner.run.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, checkpoint_path, load_checkpoint, newer_local
 from runner.run.evaluate import Evaluation
 from runner.run.lineage import log_datasets
 from runner.run.logged_model import log_model
@@ -34,6 +34,7 @@ from runner.tracking import (
     download_artifact,
     find_run,
     latest_unfinished_run,
+    local_folder,
     recipe_of_run,
     refuse_live_run,
 )
@@ -150,7 +151,7 @@ def execute(
                 ) as tracker,
             ):
                 run_id = tracker.run_id
-                checkpoint_file = checkpoint_path(Path(scratch))
+                checkpoint_file = checkpoint_path(tracker.local_folder or Path(scratch))
                 if resume_run_id is None:
                     _log_run_inputs(tracker, components)
                     log_datasets(tracker.client, tracker.run_id, components.data, recipe.data.name, recipe.seed)
@@ -168,8 +169,9 @@ def execute(
             if run_id is None:
                 raise
             done = str(exc) if isinstance(exc, interrupts.Interrupted) else "interrupted"
+            marked = "marked KILLED" if tracker is None or tracker.ended_as else "not marked (its server is down)"
             raise interrupts.Interrupted(
-                f"{done}; run {run_id} saved and marked KILLED; continue it with: "
+                f"{done}; run {run_id} saved and {marked}; continue it with: "
                 f"metassl run --resume {run_id} --tracking-uri {recipe.tracking.tracking_uri}"
             ) from None
         except Exception as exc:
@@ -194,6 +196,7 @@ def _restored_state(recipe: Recipe, run_id: str, components: Components, scratch
     artifact = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
     path = download_artifact(client, run_id, artifact, scratch)
     checkpoint = None if path is None else load_checkpoint(path, f"{artifact} of run {run_id}")
+    checkpoint = newer_local(checkpoint, checkpoint_path(local_folder(run_id)))
     if checkpoint is None:
         return LoopState()
     try:

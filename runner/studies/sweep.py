@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.registry import GENERATORS
+from runner.studies.admit import record, sweep_content
 from runner.studies.claims import (
     claim_parent_run,
     drop_lease,
@@ -315,6 +316,7 @@ def run_sweep(plan: SweepPlan, options: WorkerOptions | None = None, storage: st
     with MlflowTracker.open(plan.tracking, run_name=plan.name, tags=new_tags, resume_run_id=parent_id) as tracker:
         if parent_id is None or created:
             _log_parent_inputs(tracker, plan)
+        record(plan.tracking, tracker.run_id, sweep_content(plan))
         console.print(
             f"sweep {plan.identity}: parent run {tracker.run_id} ({len(plan.children)} children)", markup=False
         )

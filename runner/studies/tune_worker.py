@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.studies.admit import record, tune_content
 from runner.studies.claims import redact
 from runner.studies.launch import Devices, Launched, WorkerOptions, error_line, launch, run_command, shown
 from runner.studies.outage import Patience
@@ -92,6 +93,7 @@ class TuneWorker:
     def run(self) -> Any:
         plan = self.plan
         parent_id = self.patience.call(_parent_run, plan)
+        self.patience.call(record, plan.tracking, parent_id, tune_content(plan), self.study)
         console.print(
             f"study {plan.study_name} ({redact(plan.storage)}), parent run {parent_id}, worker {self.name}: "
             + self.progress()

@@ -4,7 +4,8 @@
 - `tracker`: the `Tracker` protocol a run logs through, `MlflowTracker` and `NullTracker`;
 - `queries`: finding runs, their artifacts and recipes, and setting their status;
 - `liveness`: whether a RUNNING run's process is still alive;
-- `names`: the tags, artifacts and metrics other commands read back.
+- `names`: the tags, artifacts and metrics other commands read back;
+- `outbox`: a run's writes to a tracking server, queued through its outages.
 
 Callers import from here; the modules are the implementation.
 """
@@ -19,6 +20,7 @@ from runner.tracking.names import (
     PID_TAG,
     RECIPE_ARTIFACT,
 )
+from runner.tracking.outbox import TrackingOutage, local_folder
 from runner.tracking.queries import (
     LoggedRun,
     child_runs,
@@ -60,6 +62,7 @@ __all__ = [
     "MlflowTracker",
     "NullTracker",
     "Tracker",
+    "TrackingOutage",
     "check_store",
     "child_runs",
     "client_for",
@@ -75,6 +78,7 @@ __all__ = [
     "is_server",
     "latest_unfinished_run",
     "list_runs",
+    "local_folder",
     "mark_failed",
     "metric_histories",
     "owner_tags",

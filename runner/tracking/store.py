@@ -39,10 +39,10 @@ def is_server(uri: str) -> bool:
 
 
 @contextmanager
-def _quick_http_requests() -> Iterator[None]:
+def quick_http_requests(timeout: int = PROBE_TIMEOUT_SECONDS) -> Iterator[None]:
     """MLflow retries a dead server for minutes by default; one short try says enough."""
     saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(PROBE_TIMEOUT_SECONDS)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     try:
         yield
@@ -68,7 +68,7 @@ def _probe(client: Any, uri: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         _unreachable(uri, str(getattr(exc, "reason", exc)))
     try:
-        with _quick_http_requests():
+        with quick_http_requests():
             client.search_experiments(max_results=1)
     except Exception as exc:
         _unreachable(uri, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)

@@ -8,17 +8,22 @@ everything, so a benchmark or a test can run the loop without a store, and a pro
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
+
 from runner.tracking.liveness import owner_tags
 from runner.tracking.names import PARENT_TAG
+from runner.tracking.outbox import WRITE_TIMEOUT_SECONDS, Outbox, Write, perform
 from runner.tracking.queries import download_artifact
-from runner.tracking.store import client_for, experiment_id
+from runner.tracking.store import client_for, experiment_id, is_server, quick_http_requests
 from schemas.training import Tracking
 
 
@@ -32,6 +37,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
+
+
+BATCH_SIZES = {"params": 100, "metrics": 500}  # per request, under MLflow's limits
 
 
 def _scalar(value: Any) -> float:
@@ -56,6 +64,8 @@ class Tracker(Protocol):
 
 class NullTracker:
     """Logs nothing: the loop without MLflow (benchmarks, tests), or a process other than the logging one."""
+
+    local_folder: Path | None = None  # no checkpoint of its own on this machine (see MlflowTracker.local_folder)
 
     def __init__(self, run_id: str = "") -> None:
         self.run_id = run_id
@@ -97,14 +107,33 @@ def _end_run(client: Any, run_id: str, status: str) -> bool:
     return True
 
 
-class MlflowTracker:
-    """Logs one MLflow run. Open it with `MlflowTracker.open(...)`, which ends the run with the right status."""
+def _sent_all(outbox: Outbox) -> bool:
+    """One more try at what is queued, without waiting for a server that is down."""
+    try:
+        outbox.flush()
+    except Exception:
+        return False
+    return not outbox.pending
 
-    def __init__(self, client: Any, run_id: str) -> None:
+
+class MlflowTracker:
+    """Logs one MLflow run. Open it with `MlflowTracker.open(...)`, which ends the run with the right status.
+
+    On a tracking server, an opened run writes through an `Outbox`: an outage queues its logs while training goes
+    on, and `local_folder` (this machine) holds its checkpoint, so the work is safe whatever the server does.
+    """
+
+    def __init__(self, client: Any, run_id: str, outbox: Outbox | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        self.outbox = outbox
         self.logged_through: dict[str, int] = {}  # metric -> last step already logged; those are not logged again
         self.ended_as: str | None = None  # the final status, once it is stored
+
+    @property
+    def local_folder(self) -> Path | None:
+        """Where this run keeps its checkpoint on this machine when its store is a server; None for a local store."""
+        return None if self.outbox is None else self.outbox.folder
 
     @classmethod
     @contextmanager
@@ -126,18 +155,41 @@ class MlflowTracker:
             if parent_run_id:
                 all_tags[PARENT_TAG] = parent_run_id
             run_id = client.create_run(experiment_id(tracking), tags=all_tags, run_name=run_name).info.run_id
-        tracker = cls(client, run_id)
+        outbox = None
+        if is_server(tracking.tracking_uri):
+            outbox = Outbox(client, run_id, tracking.tracking_uri, tracking.server_wait)
+        tracker = cls(client, run_id, outbox)
         try:
+            if outbox is not None:
+                outbox.drain()  # what a previous process of this run could not send
             tracker.set_tags(owner_tags())
             yield tracker
+            tracker._end("FINISHED")
         except KeyboardInterrupt:
-            tracker.ended_as = "KILLED" if _end_run(client, run_id, "KILLED") else None
+            tracker._end("KILLED")
             raise
         except BaseException:
-            tracker.ended_as = "FAILED" if _end_run(client, run_id, "FAILED") else None
+            tracker._end("FAILED")
             raise
-        client.set_terminated(run_id, status="FINISHED")
-        tracker.ended_as = "FINISHED"
+        finally:
+            if outbox is not None:
+                outbox.close(ended=tracker.ended_as is not None)
+
+    def _end(self, status: str) -> None:
+        """Store the final status after every queued write. A run that finished waits for a server that is down
+        (up to `tracking.server_wait`); one that failed or was stopped does not, and its status stays unset then."""
+        outbox = self.outbox
+        if outbox is not None:
+            if status == "FINISHED":
+                outbox.drain()
+            elif outbox.is_down() or not _sent_all(outbox):
+                return
+        with quick_http_requests(WRITE_TIMEOUT_SECONDS) if outbox is not None else nullcontext():
+            if status == "FINISHED":
+                self.client.set_terminated(self.run_id, status=status)
+            elif not _end_run(self.client, self.run_id, status):
+                return
+        self.ended_as = status
 
     @classmethod
     def attach(cls, tracking: Tracking, run_id: str) -> MlflowTracker:
@@ -154,41 +206,65 @@ class MlflowTracker:
             key: max(point.step for point in self.client.get_metric_history(self.run_id, key)) for key in keys
         }
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+    def _write(self, write: Write) -> None:
+        if self.outbox is not None:
+            self.outbox.send(write)
+        else:
+            perform(self.client, self.run_id, write)
 
-        items = [Param(key, str(value)[:6000]) for key, value in flatten(params).items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [[key, str(value)[:6000]] for key, value in flatten(params).items()]
+        for start in range(0, len(items), BATCH_SIZES["params"]):
+            self._write(Write("params", items[start : start + BATCH_SIZES["params"]]))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        self._write(Write("tags", [[key, str(value)] for key, value in tags.items()]))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [
-            Metric(key, _scalar(value), now, step)
+            [key, _scalar(value), now, step]
             for key, value in metrics.items()
             if step > self.logged_through.get(key, -1)
         ]
-        for start in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+        for start in range(0, len(items), BATCH_SIZES["metrics"]):
+            self._write(Write("metrics", items[start : start + BATCH_SIZES["metrics"]]))
+
+    def _log_file(self, artifact_file: str, write_to: Callable[[Path], None]) -> None:
+        """Write an artifact's content to a file, then log it; through a server, the file waits in the outbox."""
+        folder, _, name = artifact_file.rpartition("/")
+        if self.outbox is not None:
+            path = self.outbox.spool(name)
+            write_to(path)
+            self.outbox.send(Write("artifact", [[str(path), folder or None]], owned=True, destination=artifact_file))
+            return
+        with tempfile.TemporaryDirectory(prefix="metassl-artifact-") as tmp:
+            path = Path(tmp) / name
+            write_to(path)
+            self.client.log_artifact(self.run_id, str(path), folder or None)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        if artifact_file.endswith((".yaml", ".yml")):  # as MLflow's own `log_dict` writes them
+            text = yaml.dump(data, indent=2, default_flow_style=False)
+        else:
+            text = json.dumps(data, indent=2, default=str)
+        self._log_file(artifact_file, lambda path: path.write_text(text))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._log_file(artifact_file, lambda path: path.write_text(text))
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        """Log a file. Through a server, a file outside the run's local folder is copied there first (it may be gone
+        by the time an outage ends); one inside it (the checkpoint) is sent as it is then."""
+        local_path = Path(local_path)
+        destination = f"{artifact_path}/{local_path.name}" if artifact_path else local_path.name
+        if self.outbox is not None and not local_path.is_relative_to(self.outbox.folder):
+            self._log_file(destination, lambda path: shutil.copyfile(local_path, path))
+        else:
+            self._write(Write("artifact", [[str(local_path), artifact_path]], destination=destination))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        self._log_file(artifact_file, lambda path: figure.savefig(path))
 
     def log_image_grid(self, images: Any, artifact_file: str, nrow: int | None = None) -> None:
         """Log `N x C x H x W` images in [0, 1] as one PNG grid."""
@@ -203,12 +279,8 @@ class MlflowTracker:
         self.log_bytes(buffer.getvalue(), artifact_file)
 
     def log_bytes(self, data: bytes, artifact_file: str) -> None:
-        """Write `data` to a temp file and log it under `artifact_file` (folders/name.ext)."""
-        folder, _, name = artifact_file.rpartition("/")
-        with tempfile.TemporaryDirectory(prefix="metassl-artifact-") as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(data)
-            self.client.log_artifact(self.run_id, str(path), folder or None)
+        """Log `data` as the artifact `artifact_file` (folders/name.ext)."""
+        self._log_file(artifact_file, lambda path: path.write_bytes(data))
 
     def download(self, artifact_file: str, folder: Path) -> Path | None:
         """Fetch one artifact of this run into `folder` (from the server, or the local store); None if absent."""
