@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from runner.classifiers.base import Classifier
-from runner.distributed import SINGLE, Distributed
 from runner.data.split import LabelSplit
+from runner.distributed import SINGLE, Distributed
 from runner.generators.base import Generator, LatentSpec
 from runner.run.build import Components, assemble
 from schemas import validate_recipe
