@@ -196,9 +196,28 @@ def current() -> Distributed:
     if cuda:
         torch.cuda.set_device(found.local_rank)
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        timeout = timedelta(minutes=30)
+        store = _attempt_store(found, timeout)
+        torch_dist.init_process_group(
+            backend, store=store, rank=found.rank, world_size=found.world_size, timeout=timeout
+        )
     _current = Distributed(found.rank, found.world_size, found.local_rank, found.restart_count, backend)
     return _current
+
+
+def _attempt_store(found: Distributed, timeout: timedelta) -> torch_dist.Store:
+    """torchrun's store (MASTER_ADDR:MASTER_PORT, as `env://` finds it), under a prefix of this attempt of the worker
+    group: after a restart (--max-restarts) the keys of the dead attempt are still in the agent's store, and a
+    process group built on them waits for peers that are gone."""
+    env = os.environ
+    host, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):  # the agent serves it: every rank is a client
+        store = torch_dist.TCPStore(host, port, found.world_size, is_master=False, timeout=timeout)
+    else:
+        store = torch_dist.TCPStore(
+            host, port, found.world_size, is_master=found.rank == 0, timeout=timeout, multi_tenant=True
+        )
+    return torch_dist.PrefixStore(f"metassl/attempt_{found.restart_count}", store)
 
 
 def stop() -> None:

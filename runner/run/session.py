@@ -42,7 +42,7 @@ from runner.tracking import (
     refuse_live_run,
     runs_with_tag,
 )
-from schemas import Recipe, UserError, recipe_to_dict
+from schemas import Recipe, UserError, recipe_to_dict, validate_recipe
 from schemas.training import Tracking
 
 # Not under `model/`: MLflow lists `runs:/ID/model/...` as the logged MLflow Model named `model`.
@@ -289,7 +289,7 @@ def _restored_state(recipe: Recipe, run_id: str, components: Components, scratch
 
 
 def resume(run_id: str, tracking: Tracking) -> RunResult:
-    def resumable() -> Recipe:
+    def resumable() -> dict[str, Any]:
         logged = recipe_of_run(run_id, tracking)
         recipe, run = logged.recipe, logged.run
         if run.info.status == "FINISHED":
@@ -297,9 +297,10 @@ def resume(run_id: str, tracking: Tracking) -> RunResult:
         refuse_live_run(run)
         # The store it was found in, not the one its recipe names: the same store may be reached another way now.
         store = recipe.tracking.model_copy(update={"tracking_uri": tracking.tracking_uri})
-        return recipe.model_copy(update={"tracking": store})
+        return recipe_to_dict(recipe.model_copy(update={"tracking": store}))
 
-    return execute(distributed.current().on_main(resumable), resume_run_id=run_id)
+    # The resolved recipe travels as plain data: every rank validates the same document.
+    return execute(validate_recipe(distributed.current().on_main(resumable)), resume_run_id=run_id)
 
 
 def resume_latest(recipe: Recipe) -> RunResult:
