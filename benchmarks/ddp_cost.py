@@ -90,6 +90,20 @@ def timed(components: Any, dist: distributed.Distributed, warmup: int, iteration
     return times[warmup:]
 
 
+def all_reduce_seconds(dist: distributed.Distributed, size: int, repeats: int) -> float:
+    """Median seconds to all-reduce one iteration's bytes in one flat float32 tensor (0 on a single process)."""
+    if not dist.enabled:
+        return 0.0
+    flat = torch.zeros(size // 4)
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.sum_(flat)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def _rank(rank: int, world: int, rendezvous: str, args: argparse.Namespace, results: Any) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
@@ -99,9 +113,11 @@ def _rank(rank: int, world: int, rendezvous: str, args: argparse.Namespace, resu
     components = components_for(args.batch_size, 2 * args.batch_size, args.warmup + args.iterations + 4, dist)
     times = timed(components, dist, args.warmup, args.iterations)
     gathered = dist.gather_objects(times)
+    counted = bytes_per_iteration(components)
+    communication = all_reduce_seconds(dist, counted["per_iteration"], args.iterations)
     if rank == 0:
         slowest = [max(step) for step in zip(*gathered, strict=True)]  # an iteration ends with its slowest rank
-        results.put({"times": slowest, "bytes": bytes_per_iteration(components)})
+        results.put({"times": slowest, "bytes": counted, "all_reduce_s": communication})
     distributed.stop()
 
 
@@ -135,17 +151,19 @@ def main() -> None:
         "batch_size_per_rank": args.batch_size,
         "s_per_iteration": {"world_size_1": t1, "world_size_2": t2},
         "overhead_ratio_2_vs_1": t2 / t1,
+        "all_reduce_s_per_iteration_world_size_2": two["all_reduce_s"],
         "bytes_all_reduced": {"cpu_demo": one["bytes"], "stl10_shape": stl10_shape_bytes()},
     }
     print(f"{VARIANT}, per-rank batch {args.batch_size}, one thread per rank, gloo")
     print(f"  world size 1: {t1 * 1000:.1f} ms/iteration")
     print(f"  world size 2: {t2 * 1000:.1f} ms/iteration (ratio {t2 / t1:.2f}; ideal 1.00 with a free core per rank)")
+    print(f"  of which all-reducing one iteration's bytes alone (gloo, 2 ranks): {two['all_reduce_s'] * 1000:.1f} ms")
     for name, counted in report["bytes_all_reduced"].items():
-        mb = {key: value / 2**20 for key, value in counted.items()}
+        kib = {key: value / 2**10 for key, value in counted.items()}
         print(
-            f"  {name}: {mb['per_iteration']:.2f} MiB all-reduced per iteration per rank (classifier"
-            f" {mb['classifier_gradients']:.2f} MiB, latents {mb['latent_gradients_per_meta_step']:.2f} MiB per"
-            " meta-step)"
+            f"  {name}: {kib['per_iteration']:.0f} KiB all-reduced per iteration per rank (classifier gradients"
+            f" {kib['classifier_gradients']:.0f} KiB, latent gradients {kib['latent_gradients_per_meta_step']:.1f} KiB"
+            " per meta-step)"
         )
     if args.output is not None:
         args.output.write_text(json.dumps(report, indent=2) + "\n")
