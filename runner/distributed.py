@@ -155,7 +155,7 @@ class Distributed:
         """Whether every rank holds bit-identical `tensors` (one digest per rank, compared)."""
         digest = hashlib.sha256()
         for tensor in tensors:
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return len(set(self.gather_objects(digest.hexdigest()))) == 1
 
 

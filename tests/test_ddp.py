@@ -106,7 +106,8 @@ def _bank_worker(dist: Distributed, tmp_path: Path, gradient: str, finder: str) 
     scaler = grad_scaler(components)
     for iteration in range(20):  # a meta step every iteration
         train_step(components, iteration, scaler)
-    tensors = [*bank.tensors(), bank.revision, *(p.detach() for p in components.classifier.parameters())]
+    scalar = torch.tensor(float(bank.revision.sum()), dtype=torch.float64)  # 0-dim tensors are compared too
+    tensors = [*bank.tensors(), bank.revision, scalar, *(p.detach() for p in components.classifier.parameters())]
     if components.method.finder is not None:
         tensors += [p.detach() for p in components.method.finder.parameters()]
     assert dist.identical(tensors), "the ranks' banks (or classifiers) differ"

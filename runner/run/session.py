@@ -183,6 +183,11 @@ def execute(
                 if tracker is not None:
                     if dist.enabled:
                         tracker.set_tags({REPLICAS_TAG: str(identical).lower()})
+                        if not identical:
+                            console.print(
+                                f"warning: the {dist.world_size} processes ended with different weights or method"
+                                " state; the run logs rank 0's"
+                            )
                     _log_run_outputs(tracker, components, evaluation, state)
         except KeyboardInterrupt as exc:
             if run_id is None:
