@@ -44,12 +44,11 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "name": "metassl",
             "unlabeled_batch_size": 8,
             "latents": {"bank_size": 32, "classes": "pseudo"},
-            "meta": {"latent_batch_size": 8, "validation_batch_size": 8},
+            "meta": {"every": 2, "latent_batch_size": 8, "validation_batch_size": 8},
         },
         "schedule": {
             "iterations": ITERATIONS,
             "warmup": 3,
-            "meta": {"every": 2},
             "eval_every": 12,
             "checkpoint_every": 2,
             "log_every": 2,
