@@ -7,6 +7,7 @@ rank (the latent bank, a decision to stop) goes through this one module.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -201,6 +202,7 @@ def current() -> Distributed:
         torch_dist.init_process_group(
             backend, store=store, rank=found.rank, world_size=found.world_size, timeout=timeout
         )
+        atexit.register(stop)  # leave the group when the process ends, however the run ended
     _current = Distributed(found.rank, found.world_size, found.local_rank, found.restart_count, backend)
     return _current
 
