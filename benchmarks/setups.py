@@ -16,6 +16,7 @@ from runner.classifiers.base import Classifier
 from runner.data.device_data import DeviceData
 from runner.data.split import LabelSplit
 from runner.data.types import DatasetSplits, ImageSet
+from runner.distributed import SINGLE, Distributed
 from runner.generators.base import Generator
 from runner.registry import CLASSIFIERS, GENERATORS
 from runner.run.build import Components, assemble
@@ -172,7 +173,12 @@ def build_generator(setup: Setup, device: torch.device, classes: list[str]) -> t
     return random_consistency(device), "consistency UNet2DModel (cd_imagenet64_l2 config), random init"
 
 
-def build(recipe: Recipe, data: tuple[DatasetSplits, LabelSplit], generator: Generator | None) -> Components:
+def build(
+    recipe: Recipe,
+    data: tuple[DatasetSplits, LabelSplit],
+    generator: Generator | None,
+    dist: Distributed = SINGLE,
+) -> Components:
     """`runner.run.build.build_components` with synthetic data and an injected generator."""
     device = torch.device("cuda" if recipe.runtime.device == "cuda" else "cpu")
     configure(recipe.runtime, recipe.seed, device)
@@ -181,4 +187,4 @@ def build(recipe: Recipe, data: tuple[DatasetSplits, LabelSplit], generator: Gen
     classifier: Classifier = CLASSIFIERS.build(
         recipe.classifier, device_data.num_classes, device_data.channels, device_data.image_size
     ).to(device)
-    return assemble(recipe, device_data, split, classifier, generator)
+    return assemble(recipe, device_data, split, classifier, generator, dist)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -79,8 +80,14 @@ def one_line(message: str) -> str:
     return message
 
 
+def is_worker_rank() -> bool:
+    """A torchrun worker other than rank 0: it says nothing (rank 0 reports for the whole run), only exits."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def fail(message: str) -> None:
-    typer.echo(f"error: {one_line(message)}", err=True)
+    if not is_worker_rank():
+        typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -99,7 +106,8 @@ def user_errors(command: Command) -> Command:
         except KeyboardInterrupt as exc:
             from runner.run.interrupts import Interrupted
 
-            typer.echo(str(exc) if isinstance(exc, Interrupted) else "interrupted", err=True)
+            if not is_worker_rank():
+                typer.echo(str(exc) if isinstance(exc, Interrupted) else "interrupted", err=True)
             raise typer.Exit(code=130) from None
         except Exception as exc:
             described = describe_os_error(exc)
@@ -164,6 +172,15 @@ def run(
         str | None, typer.Option("--parent-run-id", hidden=True, help="nest the new run under this run (sweeps)")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", hidden=True, help="extra run tag KEY=VALUE")] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="processes on this machine, one run (torchrun --standalone --nproc-per-node N; see README, Many"
+            " GPUs): each draws data.batch_size images per iteration",
+        ),
+    ] = 1,
 ) -> None:
     """Train a recipe in one MLflow run: [bold]metassl run recipes/fashion_mnist_40labels.yaml[/bold]."""
     from runner import cpu_isa
@@ -174,6 +191,8 @@ def run(
         fail("give either RECIPE or --resume, not both")
     if resume is None and recipe is None:
         fail("missing RECIPE; e.g. metassl run recipes/digits_tiny.yaml (see metassl run --help)")
+    if nproc > 1:
+        _launch_torchrun(nproc, recipe, override, resume, tracking_uri, parent_run_id, tag)
     by_recipe = resume is None or resume.endswith((".yaml", ".yml")) or Path(resume).exists()
     if by_recipe:
         source = recipe if resume is None else Path(resume)
@@ -194,10 +213,37 @@ def run(
 
         extra_tags = dict(item.partition("=")[::2] for item in tag or [])
         if trial.is_trial():  # a child of `metassl tune`
-            typer.echo(trial.run_as_trial(loaded, parent_run_id, extra_tags))
+            line = trial.run_as_trial(loaded, parent_run_id, extra_tags)
+            if line:  # the other ranks of a `--nproc` trial print nothing
+                typer.echo(line)
             return
         result = session.execute(loaded, parent_run_id=parent_run_id, extra_tags=extra_tags)
-    typer.echo(f"run {result.run_id} finished: test accuracy {result.accuracy:.4f} in {result.wall_seconds:.1f} s")
+    if not is_worker_rank():
+        typer.echo(f"run {result.run_id} finished: test accuracy {result.accuracy:.4f} in {result.wall_seconds:.1f} s")
+
+
+def _launch_torchrun(
+    nproc: int,
+    recipe: Path | None,
+    override: list[str] | None,
+    resume: str | None,
+    tracking_uri: str | None,
+    parent_run_id: str | None,
+    tag: list[str] | None,
+) -> None:
+    """`metassl run ... --nproc N`: the same command in N processes under torchrun; exits with their code."""
+    if "WORLD_SIZE" in os.environ:
+        fail("--nproc: this process was started by torchrun already; drop --nproc (torchrun sets the processes)")
+    if recipe is not None:
+        _load(recipe, override, tracking_uri)  # a bad recipe is one line here, not one per process
+    from runner.distributed import launch
+
+    args = [str(recipe)] if recipe is not None else ["--resume", str(resume)]
+    args += [f"--override={item}" for item in override or []]
+    args += [] if tracking_uri is None else [f"--tracking-uri={tracking_uri}"]
+    args += [] if parent_run_id is None else [f"--parent-run-id={parent_run_id}"]
+    args += [f"--tag={item}" for item in tag or []]
+    raise typer.Exit(launch(nproc, ["run", *args]))
 
 
 @app.command()

@@ -17,6 +17,19 @@ def _clock(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
+class SilentProgress:
+    """A StageProgress that shows nothing (the ranks of a torchrun job other than 0)."""
+
+    def __enter__(self) -> SilentProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, completed: int, **fields: str) -> None:
+        pass
+
+
 class StageProgress:
     """`with StageProgress("pretrain", total) as progress: progress.update(step, loss="...")`.
 

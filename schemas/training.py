@@ -149,3 +149,8 @@ class Runtime(Block):
         description="vector instructions of the CPU float kernels (ATen, oneDNN, MKL): native, the fastest this CPU"
         " has; avx2, the same numbers on any x86-64 CPU with AVX2 (2015 on), AVX-512 or not",
     )
+    sync_batchnorm: bool = Field(
+        default=True,
+        description="under torchrun on GPUs, BatchNorm statistics over every rank's batch (SyncBatchNorm); on the"
+        " CPU (gloo) each rank always normalizes its own batch",
+    )

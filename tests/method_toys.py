@@ -14,6 +14,7 @@ from torch import nn
 
 from runner.classifiers.base import Classifier
 from runner.data.split import LabelSplit
+from runner.distributed import SINGLE, Distributed
 from runner.generators.base import Generator, LatentSpec
 from runner.run.build import Components, assemble
 from schemas import validate_recipe
@@ -137,6 +138,7 @@ def toy_components(
     lr: float = 0.1,
     seed: int = 0,
     batch_size: int = 8,
+    dist: Distributed = SINGLE,
 ) -> Components:
     """The toy parts assembled as the runner assembles real ones: plain SGD at a constant `lr`, meta every step."""
     recipe = validate_recipe(
@@ -153,4 +155,4 @@ def toy_components(
     )
     every = torch.arange(len(data.images))
     split = LabelSplit(labeled=every, validation=every[:0], unlabeled=every[:0])
-    return assemble(recipe, data, split, classifier, generator)  # type: ignore[arg-type]
+    return assemble(recipe, data, split, classifier, generator, dist)  # type: ignore[arg-type]

@@ -129,17 +129,25 @@ class DeviceData:
         """The whole labeled set as float in [0, 1], not augmented."""
         return to_float(self.labeled.images.to(self.device))
 
-    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The test set in order, as float batches without augmentation."""
-        return self._in_order(self.test, batch_size)
+    def test_batches(
+        self, batch_size: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test set in order, as float batches without augmentation; `shard=(rank, world_size)`: the batches
+        rank, rank + world_size, ... of that same order."""
+        return self._in_order(self.test, batch_size, shard)
 
-    def holdout_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def holdout_batches(
+        self, batch_size: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The held-out validation set (data.validation.source=holdout) in order, for tuning without the test set."""
         if self.validation is None:
             raise ValueError("no held-out validation set; set data.validation.source: holdout")
-        return self._in_order(self.validation, batch_size)
+        return self._in_order(self.validation, batch_size, shard)
 
-    def _in_order(self, images: ImageSet, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(images), batch_size):
+    def _in_order(
+        self, images: ImageSet, batch_size: int, shard: tuple[int, int]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rank, world_size = shard
+        for start in range(rank * batch_size, len(images), batch_size * world_size):
             batch = images.images[start : start + batch_size].to(self.device, non_blocking=True)
             yield to_float(batch), images.labels[start : start + batch_size].to(self.device, non_blocking=True)

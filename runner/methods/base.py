@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from runner.classifiers.base import Classifier
+from runner.distributed import SINGLE, Distributed
 
 if TYPE_CHECKING:
     from runner.data.device_data import DeviceData
@@ -20,7 +22,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainContext:
-    """Everything a method may use besides its own config. The loop owns the optimizer, scheduler and EMA."""
+    """Everything a method may use besides its own config. The loop owns the optimizer, scheduler and EMA.
+
+    Two handles on one classifier, as nanoGPT keeps `model` and `raw_model`: phase (ii)'s forward goes through
+    `model` (DistributedDataParallel under torchrun, which averages the gradients over ranks; the classifier itself
+    otherwise); `classifier` is the raw module, for phase (i)'s `functional_call` and anything reading its blocks.
+    """
 
     classifier: Classifier
     data: DeviceData
@@ -28,6 +35,12 @@ class TrainContext:
     autocast: Callable[[], AbstractContextManager[Any]]
     current_lr: Callable[[], float]
     seed: int
+    dist: Distributed = SINGLE
+    model: nn.Module = field(default=None)  # type: ignore[assignment]  # the classifier itself unless wrapped
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = self.classifier
 
 
 class Method:
@@ -41,7 +54,7 @@ class Method:
         self.ctx = ctx
 
     def supervised_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, _ = self.ctx.classifier(images)
+        logits, _ = self.ctx.model(images)
         loss = F.cross_entropy(logits, labels)
         return loss, {"loss/sup": loss.detach()}
 

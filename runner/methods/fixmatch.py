@@ -40,7 +40,7 @@ class FixMatch(Method):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         unlabeled, index = self.ctx.data.indexed_unlabeled_batch(self.config.unlabeled_batch_size)
         views = two_views(self.ctx.data.augment, unlabeled, "strong_weak")
-        return ssl_objective(self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u, index)
+        return ssl_objective(self.ctx.model, images, labels, views, self.unsup, self.config.lambda_u, index)
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict()}

@@ -71,9 +71,7 @@ class Generative(Method):
         rows = self.bank.sample_indices(self.config.unlabeled_batch_size)
         synthetic = self.synthetic_batch(rows, images.dtype)
         views = two_views(self.ctx.data.augment, synthetic, self.config.views)
-        loss, metrics = ssl_objective(
-            self.ctx.classifier, images, labels, views, self.unsup, self.config.lambda_u, rows
-        )
+        loss, metrics = ssl_objective(self.ctx.model, images, labels, views, self.unsup, self.config.lambda_u, rows)
         if self.cache is not None:
             metrics["synthetic/generated"] = self.cache.last_rendered
         return loss, metrics

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from runner.distributed import local_batchnorm
 from runner.generators.base import Latents
 from runner.methods.base import Method, TrainContext
 from runner.methods.generative import Generative
@@ -61,9 +62,10 @@ class MetaSSL(Generative):
         classifier.train()
         collected: dict[str, list[torch.Tensor]] = defaultdict(list)
         try:
-            for _ in range(steps):
-                for key, value in self.meta_step().items():
-                    collected[key].append(value)
+            with local_batchnorm(classifier):
+                for _ in range(steps):
+                    for key, value in self.meta_step().items():
+                        collected[key].append(value)
         finally:
             classifier.train(was_training)
         metrics: dict[str, Any] = {key: torch.stack(values).mean() for key, values in collected.items()}
@@ -71,10 +73,14 @@ class MetaSSL(Generative):
         return metrics
 
     def meta_step(self) -> dict[str, torch.Tensor]:
-        """One Adam update of a batch of latents on L_meta, then the latent constraint."""
-        meta, data = self.config.meta, self.ctx.data
+        """One Adam update of a batch of latents on L_meta, then the latent constraint.
+
+        Under torchrun the bank stays one bank: every rank takes rank 0's rows, computes the meta-gradient on its own
+        validation batch and augmentations, and applies the gradients averaged over ranks, so every rank makes the
+        same update."""
+        meta, data, dist = self.config.meta, self.ctx.data, self.ctx.dist
         x_v, y_v = data.validation_batch(meta.validation_batch_size, meta.validation_source, meta.validation_augment)
-        rows = self.bank.sample_indices(min(meta.latent_batch_size, len(self.bank)))
+        rows = dist.broadcast_(self.bank.sample_indices(min(meta.latent_batch_size, len(self.bank))))
         latents = self.bank.batch(rows, requires_grad=self.finder is None)
         classifier = self.ctx.classifier
         scope = scope_parameters(classifier, meta.scope, meta.scope_blocks)
@@ -117,6 +123,7 @@ class MetaSSL(Generative):
             metrics["meta/finder_drift"] = drift.detach()
         grads = torch.autograd.grad(outputs, leaves, grad_outputs=grad_outputs, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)]
+        dist.mean_(grads)
         if self.finder is None:
             self.bank.step(self.bank_optimizer, rows, dict(zip(latents, grads, strict=True)))
             self.bank.constrain(rows, meta.latent_constraint, meta.clip)

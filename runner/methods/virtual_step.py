@@ -18,12 +18,19 @@ from schemas import UserError
 Params = dict[str, torch.Tensor]
 
 
+def raw_module(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (phase (i) needs its own parameters and blocks: DDP has
+    no double backward, and a wrapper is not a `Classifier`); any other module as is."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
 def scope_parameters(classifier: nn.Module, scope: str, blocks: int = 1) -> Params:
     """The parameters the virtual step moves: `all`, or the last `blocks` feature blocks plus the head.
 
     The head is always in scope because it is free: `feature_cosine` gives it no gradient,
     and `fixmatch` as L_u needs it.
     """
+    classifier = raw_module(classifier)
     named = {name: p for name, p in classifier.named_parameters() if p.requires_grad}
     if scope == "all":
         return named
@@ -48,6 +55,7 @@ def functional_forward(
 
     With `start_block` = k > 0, `images` is what `trunk_forward(classifier, images, k)` returned.
     """
+    classifier = raw_module(classifier)
     buffers = {name: b.clone() for name, b in classifier.named_buffers()}
     kwargs = {"start_block": start_block} if start_block else None
     return functional_call(classifier, {**params, **buffers}, (images,), kwargs, strict=False)
@@ -59,6 +67,7 @@ def frozen_trunk_depth(classifier: nn.Module, scope: Params) -> int:
     The virtual step never moves them, so every pass of a meta-step (at theta, theta', theta +- eps v) sees
     the same output from them, and it is computed once per input.
     """
+    classifier = raw_module(classifier)
     if not isinstance(classifier, Classifier):
         return 0
     in_scope = {id(p) for p in scope.values()}
@@ -74,7 +83,7 @@ def trunk_forward(classifier: nn.Module, images: torch.Tensor, depth: int) -> to
     """The output of the first `depth` feature blocks at the current parameters, on copied buffers."""
     if depth == 0:
         return images
-    trunk = nn.Sequential(*classifier.feature_blocks()[:depth])
+    trunk = nn.Sequential(*raw_module(classifier).feature_blocks()[:depth])
     buffers = {name: b.clone() for name, b in trunk.named_buffers()}
     return functional_call(trunk, buffers, (images,), strict=False)
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runner.distributed import SINGLE, Distributed
+
 
 @dataclass
 class Evaluation:
@@ -36,20 +38,28 @@ def evaluate(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    dist: Distributed = SINGLE,
 ) -> Evaluation:
+    """Under torchrun, `batches` are this rank's shard (batches rank, rank + W, ... of one order): the confusion
+    matrices are summed and the batch losses added in that order, so the result is one process's, exactly."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    total_loss, count = 0.0, 0
+    batch_losses: list[float] = []
     for images, labels in batches:
         with autocast():
             logits, _ = model(images)
         logits = logits.float()
-        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        count += len(labels)
+        batch_losses.append(float(F.cross_entropy(logits, labels, reduction="sum")))
         index = labels.cpu() * num_classes + logits.argmax(1).cpu()
         confusion += torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
     model.train(was_training)
+    dist.sum_(confusion)
+    shards = dist.gather_objects(batch_losses)
+    total_loss = 0.0
+    for batch in range(sum(len(shard) for shard in shards)):
+        total_loss += shards[batch % len(shards)][batch // len(shards)]
+    count = int(confusion.sum())
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
     accuracy = float(confusion.diag().sum()) / max(1, count)
     return Evaluation(

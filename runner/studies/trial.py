@@ -27,6 +27,7 @@ def run_as_trial(recipe: Recipe, parent_run_id: str | None, extra_tags: dict[str
     """Train `recipe` as the trial named in the environment; return the line the worker shows."""
     import optuna
 
+    from runner import distributed
     from runner.run import session
     from runner.studies.outage import Patience
     from runner.studies.tune import OBJECTIVE, TRIAL_STATE_TAG, TRIAL_TAG, open_storage
@@ -49,10 +50,15 @@ def run_as_trial(recipe: Recipe, parent_run_id: str | None, extra_tags: dict[str
             if patience.call(trial.should_prune):
                 raise optuna.TrialPruned(f"pruned at iteration {iteration}")
 
+    dist = distributed.current()  # in a `--nproc` trial, rank 0 alone reports to Optuna and decides prunes
     try:
         result = session.execute(
             recipe, parent_run_id=parent_run_id, extra_tags=extra_tags, on_validation=on_validation
         )
+    except distributed.RankStopped:
+        if dist.is_main:
+            raise
+        return ""  # rank 0 pruned the trial or failed, and speaks for it
     except optuna.TrialPruned as exc:
         runs = runs_with_tag(recipe.tracking, TRIAL_TAG, extra_tags[TRIAL_TAG])
         if runs:
@@ -61,6 +67,8 @@ def run_as_trial(recipe: Recipe, parent_run_id: str | None, extra_tags: dict[str
             set_status(recipe.tracking, runs[0].info.run_id, "KILLED")
         patience.call(study.tell, number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         return f"pruned ({exc}; {OBJECTIVE} {last[-1]:.4f})"
+    if not dist.is_main:
+        return ""
     value = last[-1]
     MlflowTracker.attach(recipe.tracking, result.run_id).set_tags({TRIAL_STATE_TAG: "COMPLETE"})
     MlflowTracker.attach(recipe.tracking, result.run_id).log_metrics({"tune/objective": value}, step=total)
