@@ -287,7 +287,7 @@ def _log_parent_inputs(tracker: Tracker, plan: SweepPlan) -> None:
     params["sweep.overrides"] = " ".join(plan.overrides) or "-"
     params["sweep.children"] = len(plan.children)
     tracker.log_params(params)
-    tracker.log_text(yaml.safe_dump(plan.document, sort_keys=False), "sweep/base_recipe.yaml")
+    tracker.log_text(yaml.safe_dump(dict(plan.document), sort_keys=False), "sweep/base_recipe.yaml")
     tracker.log_dict(
         {"recipe": str(plan.recipe_path), "overrides": plan.overrides, "grid": plan.grid}, "sweep/grid.json"
     )

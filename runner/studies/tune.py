@@ -175,7 +175,7 @@ def _parent_run(plan: TunePlan) -> str:
         }
     )
     tracker.log_text(plan.space.text, "tune/space.yaml")
-    tracker.log_text(yaml.safe_dump(plan.document, sort_keys=False), "tune/base_recipe.yaml")
+    tracker.log_text(yaml.safe_dump(dict(plan.document), sort_keys=False), "tune/base_recipe.yaml")
     return parent
 
 
