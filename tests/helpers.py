@@ -30,6 +30,20 @@ def metassl(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     )
 
 
+def start_cli(*args: str, env: dict[str, str] | None = None, own_group: bool = False) -> subprocess.Popen[str]:
+    """Start `python -m runner.cli ARGS` in the background, its output piped; `own_group`: in its own process group,
+    so that a test can signal it together with its children."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+        start_new_session=own_group,
+    )
+
+
 def tracking_overrides(tmp_path: Path) -> list[str]:
     """Point a run's MLflow store into a temporary folder."""
     store = tmp_path / "mlruns"

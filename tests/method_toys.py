@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,3 +158,41 @@ def toy_components(
     every = torch.arange(len(data.images))
     split = LabelSplit(labeled=every, validation=every[:0], unlabeled=every[:0])
     return assemble(recipe, data, split, classifier, generator, dist)  # type: ignore[arg-type]
+
+
+def write_tiny_metassl_recipe(folder: Path, name: str, batch_size: int) -> Path:
+    """A small metassl recipe on digits (warm-up, then a meta phase every 2 iterations, 24 in all) with a tiny,
+    randomly initialised local_gan saved like the real one; the CLI tests run it."""
+    import yaml
+
+    from runner.pretraining.model import ConditionalGenerator
+
+    torch.manual_seed(0)
+    model = ConditionalGenerator(noise_dim=16, num_classes=4, embed_dim=8, base_channels=16, image_size=8)
+    model.centroids.uniform_()
+    model.save_pretrained(folder / "gan")
+    document = {
+        "name": name,
+        "data": {"name": "digits", "labels_per_class": 4, "batch_size": batch_size},
+        "generator": {"name": "local_gan", "path": str(folder / "gan")},
+        "classifier": {"name": "small_cnn", "width": 8},
+        "method": {
+            "name": "metassl",
+            "unlabeled_batch_size": batch_size,
+            "latents": {"bank_size": 32, "classes": "pseudo"},
+            "meta": {"every": 2, "latent_batch_size": 8, "validation_batch_size": 8},
+        },
+        "schedule": {"iterations": 24, "warmup": 3, "eval_every": 12, "checkpoint_every": 2, "log_every": 2},
+        "optim": {"ema": {"enabled": True, "decay": 0.9}, "grad_clip": 1.0},
+        "runtime": {"device": "cpu", "threads": 1},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def store_client(store: Path) -> Any:
+    """A client on the store `tests.helpers.tracking_overrides(store)` points runs at."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlruns'}/mlflow.db")

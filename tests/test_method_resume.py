@@ -8,12 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from runner.run.checkpoint import load_checkpoint
 from tests.helpers import kill_after_first_checkpoint, metassl, tracking_overrides
+from tests.method_toys import store_client, write_tiny_metassl_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -22,42 +22,7 @@ ITERATIONS = 24
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small metassl recipe on digits with a tiny, randomly initialised local_gan saved like the real one."""
-    from runner.pretraining.model import ConditionalGenerator
-
-    folder = tmp_path_factory.mktemp("metassl_resume")
-    torch.manual_seed(0)
-    model = ConditionalGenerator(noise_dim=16, num_classes=4, embed_dim=8, base_channels=16, image_size=8)
-    model.centroids.uniform_()
-    model.save_pretrained(folder / "gan")
-    document = {
-        "name": "metassl_resume",
-        "data": {"name": "digits", "labels_per_class": 4, "batch_size": 16},
-        "generator": {"name": "local_gan", "path": str(folder / "gan")},
-        "classifier": {"name": "small_cnn", "width": 8},
-        "method": {
-            "name": "metassl",
-            "unlabeled_batch_size": 16,
-            "latents": {"bank_size": 32, "classes": "pseudo"},
-            "meta": {"every": 2, "latent_batch_size": 8, "validation_batch_size": 8},
-        },
-        "schedule": {
-            "iterations": ITERATIONS,
-            "warmup": 3,
-            "eval_every": 12,
-            "checkpoint_every": 2,
-            "log_every": 2,
-        },
-        "optim": {"ema": {"enabled": True, "decay": 0.9}, "grad_clip": 1.0},
-        "runtime": {"device": "cpu", "threads": 1},
-    }
-    path = folder / "metassl_resume.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-def client_for(store: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlruns'}/mlflow.db")
+    return write_tiny_metassl_recipe(tmp_path_factory.mktemp("metassl_resume"), "metassl_resume", batch_size=16)
 
 
 def run_id_of(result: subprocess.CompletedProcess[str]) -> str:
@@ -74,13 +39,13 @@ def final_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
 def test_killed_metassl_run_resumes_to_the_same_final_metrics(recipe: Path, tmp_path: Path) -> None:
     reference_store = tmp_path / "reference"
     uninterrupted = run_id_of(metassl("run", str(recipe), *tracking_overrides(reference_store)))
-    expected = final_metrics(client_for(reference_store), uninterrupted)
+    expected = final_metrics(store_client(reference_store), uninterrupted)
     assert {"meta/loss", "loss/unsup", "final/test_accuracy"} <= expected.keys()  # the meta and SSL phases ran
 
     store = tmp_path / "killed"
     checkpoint = kill_after_first_checkpoint(store, "run", str(recipe), *tracking_overrides(store))
     killed = checkpoint.parents[2].name
-    client = client_for(store)
+    client = store_client(store)
     assert client.get_run(killed).info.status == "RUNNING"  # killed mid-run, not finished
     stopped_at = load_checkpoint(checkpoint)["iteration"]  # type: ignore[index]
     assert stopped_at < ITERATIONS
@@ -111,7 +76,7 @@ def test_killed_real_data_ssl_run_resumes_its_confidence_policy_exactly(method: 
 
     reference_store = tmp_path / "reference"
     uninterrupted = run_id_of(metassl("run", str(recipe), *tracking_overrides(reference_store)))
-    expected = final_metrics(client_for(reference_store), uninterrupted)
+    expected = final_metrics(store_client(reference_store), uninterrupted)
     assert {"loss/unsup", "unsup/mask_rate", "final/test_accuracy"} <= expected.keys()
 
     store = tmp_path / "killed"
@@ -128,4 +93,4 @@ def test_killed_real_data_ssl_run_resumes_its_confidence_policy_exactly(method: 
     assert learned[method]()
     resumed = metassl("run", "--resume", str(recipe), *tracking_overrides(store))
     assert run_id_of(resumed) == killed
-    assert final_metrics(client_for(store), killed) == expected
+    assert final_metrics(store_client(store), killed) == expected

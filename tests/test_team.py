@@ -22,7 +22,7 @@ from runner.studies.search_space import load_space
 from runner.studies.tune import plan_tune
 from schemas import UserError
 from schemas.recipe import read_recipe_document
-from tests.helpers import RECIPES, ROOT, devices_in_progress, devices_of, metassl, tracking_overrides
+from tests.helpers import RECIPES, ROOT, devices_in_progress, devices_of, metassl, start_cli, tracking_overrides
 from tests.servers import Server, free_port, mlflow_server, postgres  # noqa: F401 (fixtures)
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
@@ -34,17 +34,6 @@ PARENT_TAG = "mlflow.parentRunId"
 
 def on_server(server: Server, experiment: str) -> list[str]:
     return ["-o", f"tracking.tracking_uri={server.uri}", "-o", f"tracking.experiment={experiment}"]
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**__import__("os").environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
-    )
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str, str]:
@@ -167,7 +156,7 @@ def test_tune_on_a_local_store_continues_the_same_study(tmp_path: Path):
 def test_run_resume_eval_runs_report_through_the_server(mlflow_server: Server, tmp_path: Path):  # noqa: F811
     experiment = "through-the-server"
     longer = ["-o", "runtime.threads=1", "-o", "schedule.iterations=400", "-o", "schedule.checkpoint_every=40"]
-    process = start("run", DIGITS, *longer, *on_server(mlflow_server, experiment))
+    process = start_cli("run", DIGITS, *longer, *on_server(mlflow_server, experiment))
     client = MlflowClient(mlflow_server.uri)
     deadline, run_id = time.monotonic() + 180, None
     while time.monotonic() < deadline and process.poll() is None:
@@ -215,7 +204,7 @@ def test_two_tune_workers_and_two_sweep_workers_share_the_work(mlflow_server: Se
     tune += ["--storage", storage, "--name", "digits-team", "--trials", "4"]
     sweep = ["sweep", DIGITS, "--grid", "seed=0,1,2", *FAST, *on_server(mlflow_server, "team-sweep")]
     sweep += ["--storage", storage, "--name", "digits-grid"]
-    workers = [start(*tune), start(*tune), start(*sweep), start(*sweep)]
+    workers = [start_cli(*tune), start_cli(*tune), start_cli(*sweep), start_cli(*sweep)]
     outcomes = [finish(worker) for worker in workers]
     for code, _, err in outcomes:
         assert code == 0, err[-3000:]

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import RECIPES, ROOT, tracking_overrides
+from tests.helpers import RECIPES, ROOT, start_cli, tracking_overrides
 from tests.servers import cluster_of, postgres  # noqa: F401 (fixtures)
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
@@ -23,19 +23,6 @@ SPACE = str(RECIPES / "spaces" / "digits_tiny.yaml")
 HOLDOUT = ["-o", "data.validation.source=holdout", "-o", "data.validation.per_class=10"]
 FAST = ["-o", "runtime.threads=1", "-o", "schedule.iterations=60", "-o", "schedule.eval_every=5"]
 PARENT_TAG = "mlflow.parentRunId"
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    """A worker in its own process group, so that the test can kill it together with its children."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
-        start_new_session=True,
-    )
 
 
 def wait_for(condition, timeout: float = 300) -> None:
@@ -57,7 +44,7 @@ def test_tune_workers_ride_out_a_20_second_database_outage(postgres: str, tmp_pa
     storage = f"{postgres}/optuna"
     command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
     command += ["--storage", storage, "--name", "outage", "--trials", "3", "--heartbeat", "2"]
-    workers = [start(*command), start(*command)]
+    workers = [start_cli(*command, own_group=True), start_cli(*command, own_group=True)]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     wait_for(lambda: running_children(client))  # trials are training, reporting every 5 iterations
     cluster.stop()
@@ -87,7 +74,7 @@ def test_past_its_wait_a_worker_stops_in_one_line_and_its_trial_is_run_again(
     storage = f"{postgres}/optuna"
     command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
     command += ["--storage", storage, "--name", "gave-up", "--trials", "2", "--heartbeat", "2"]
-    worker = start(*command, "--storage-wait", "5")
+    worker = start_cli(*command, "--storage-wait", "5", own_group=True)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     wait_for(lambda: running_children(client))
     cluster.stop()
@@ -100,7 +87,7 @@ def test_past_its_wait_a_worker_stops_in_one_line_and_its_trial_is_run_again(
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: worker ") and "the database stayed unreachable for 5 s" in last, err[-3000:]
     assert not running_children(client)  # its trial's run ended (KILLED), not left RUNNING
-    again = start(*command)
+    again = start_cli(*command, own_group=True)
     _, err = again.communicate(timeout=900)
     assert again.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="gave-up", storage=storage)
@@ -114,12 +101,12 @@ def test_a_killed_tune_worker_s_trial_is_queued_again(postgres: str, tmp_path: P
     storage = f"{postgres}/optuna"
     command = ["tune", DIGITS, "--space", SPACE, *HOLDOUT, *FAST, *tracking_overrides(tmp_path)]
     command += ["--storage", storage, "--name", "killed-worker", "--trials", "2", "--heartbeat", "2"]
-    doomed = start(*command)
+    doomed = start_cli(*command, own_group=True)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     wait_for(lambda: running_children(client))
     os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its trial's child, at once
     doomed.communicate()
-    survivor = start(*command)
+    survivor = start_cli(*command, own_group=True)
     _, err = survivor.communicate(timeout=900)
     assert survivor.returncode == 0, err[-3000:]
     assert "its worker is gone (no heartbeat): failed and queued again" in err
@@ -137,13 +124,13 @@ def test_a_killed_sweep_worker_s_grid_point_is_taken_over(postgres: str, tmp_pat
     storage = f"{postgres}/optuna"
     command = ["sweep", DIGITS, "--grid", "seed=0,1", *FAST, *tracking_overrides(tmp_path)]
     command += ["--storage", storage, "--name", "killed-sweep", "--heartbeat", "2"]
-    doomed = start(*command)
+    doomed = start_cli(*command, own_group=True)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     wait_for(lambda: running_children(client))
     orphan = running_children(client)[0]
     os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its child, at once: nobody ends the child's run
     doomed.communicate()
-    survivor = start(*command)
+    survivor = start_cli(*command, own_group=True)
     _, err = survivor.communicate(timeout=900)
     assert survivor.returncode == 0, err[-3000:]
     assert f"is gone: taken over; its run {orphan.info.run_id} marked FAILED" in err

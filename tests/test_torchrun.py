@@ -13,66 +13,28 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
-from mlflow.tracking import MlflowClient
 
 from tests.helpers import RECIPES, ROOT, metassl, tracking_overrides
+from tests.method_toys import store_client, write_tiny_metassl_recipe
 
 pytestmark = pytest.mark.slow
 
-ITERATIONS = 24
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The method on digits, warm-up then a meta phase every 2 iterations, with a tiny random local_gan."""
-    from runner.pretraining.model import ConditionalGenerator
-
-    folder = tmp_path_factory.mktemp("torchrun")
-    torch.manual_seed(0)
-    model = ConditionalGenerator(noise_dim=16, num_classes=4, embed_dim=8, base_channels=16, image_size=8)
-    model.centroids.uniform_()
-    model.save_pretrained(folder / "gan")
-    document = {
-        "name": "metassl_torchrun",
-        "data": {"name": "digits", "labels_per_class": 4, "batch_size": 8},
-        "generator": {"name": "local_gan", "path": str(folder / "gan")},
-        "classifier": {"name": "small_cnn", "width": 8},
-        "method": {
-            "name": "metassl",
-            "unlabeled_batch_size": 8,
-            "latents": {"bank_size": 32, "classes": "pseudo"},
-            "meta": {"every": 2, "latent_batch_size": 8, "validation_batch_size": 8},
-        },
-        "schedule": {
-            "iterations": ITERATIONS,
-            "warmup": 3,
-            "eval_every": 12,
-            "checkpoint_every": 2,
-            "log_every": 2,
-        },
-        "optim": {"ema": {"enabled": True, "decay": 0.9}, "grad_clip": 1.0},
-        "runtime": {"device": "cpu", "threads": 1},
-    }
-    path = folder / "metassl_torchrun.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-def client_for(store: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlruns'}/mlflow.db")
+    return write_tiny_metassl_recipe(tmp_path_factory.mktemp("torchrun"), "metassl_torchrun", batch_size=8)
 
 
 def only_run(store: Path):  # type: ignore[no-untyped-def]
-    runs = client_for(store).search_runs(experiment_ids=["1", "0"], max_results=10)
+    runs = store_client(store).search_runs(experiment_ids=["1", "0"], max_results=10)
     assert len(runs) == 1, [run.info.run_id for run in runs]
     return runs[0]
 
 
 def final_metrics(store: Path, run_id: str) -> dict[str, float]:
-    metrics = client_for(store).get_run(run_id).data.metrics
+    metrics = store_client(store).get_run(run_id).data.metrics
     return {key: value for key, value in metrics.items() if not key.startswith("perf/")}
 
 
@@ -180,7 +142,7 @@ def test_a_killed_rank_is_restarted_into_the_same_run(
     assert "torchrun restarted the workers: continuing run" in stderr  # the restart happened, into the old run
     run = only_run(tmp_path)
     assert run.info.status == "FINISHED"
-    client = client_for(tmp_path)
+    client = store_client(tmp_path)
     for key in run.data.metrics:
         steps = [point.step for point in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {sorted(steps)}"

@@ -4,10 +4,8 @@ started again on the same port and store, or on another port (tests/servers.py).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,24 +13,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from runner.tracking.outbox import Outbox, TrackingOutage, Write, local_folder
-from tests.helpers import RECIPES, ROOT, metassl
+from tests.helpers import RECIPES, metassl, start_cli
 from tests.servers import create_database, free_port, postgres, start_mlflow, stop_mlflow  # noqa: F401 (fixture)
 
 DIGITS = str(RECIPES / "digits_tiny.yaml")
 ITERATIONS, LOG_EVERY = 600, 10
 LONG = ["-o", "runtime.threads=1", "-o", f"schedule.iterations={ITERATIONS}", "-o", f"schedule.log_every={LOG_EVERY}"]
 LONG += ["-o", "schedule.checkpoint_every=100", "-o", "schedule.eval_every=100"]
-
-
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
-    )
 
 
 def on(uri: str, experiment: str, wait: int) -> list[str]:
@@ -83,8 +70,8 @@ def test_a_run_rides_out_a_tracking_outage_or_stops_and_resumes_through_another_
     uri = servers.start(port)
     env = {"XDG_STATE_HOME": str(tmp_path / "state")}  # where runs keep their local checkpoints
     runs = {
-        "outage-patient": start(env, "run", DIGITS, *LONG, *on(uri, "outage-patient", 600)),
-        "outage-hasty": start(env, "run", DIGITS, *LONG, *on(uri, "outage-hasty", 5)),
+        "outage-patient": start_cli("run", DIGITS, *LONG, *on(uri, "outage-patient", 600), env=env),
+        "outage-hasty": start_cli("run", DIGITS, *LONG, *on(uri, "outage-hasty", 5), env=env),
     }
     try:
         check_outages(servers, port, runs, env, tmp_path)
@@ -141,7 +128,7 @@ def check_outages(
     # Resume through another server on the same store (the first one is gone): --tracking-uri is the one used.
     servers.stop()
     other_uri = servers.start(free_port())
-    resumed = start(env, "run", "--resume", hasty_id, "--tracking-uri", other_uri)
+    resumed = start_cli("run", "--resume", hasty_id, "--tracking-uri", other_uri, env=env)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert f"resuming run {hasty_id} at iteration" in err and "at iteration 0" not in err
