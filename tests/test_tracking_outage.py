@@ -116,8 +116,8 @@ def check_outages(
     assert f"run {patient_id} finished" in out
     assert client.get_run(patient_id).info.status == "FINISHED"
     assert logged_steps(client, patient_id) == list(range(LOG_EVERY, ITERATIONS + 1, LOG_EVERY))
-    files = {f.path for folder in ("checkpoints", "model") for f in client.list_artifacts(patient_id, folder)}
-    assert files == {"checkpoints/last.pt", "model/classifier.safetensors"}
+    files = {f.path for folder in ("checkpoints", "weights") for f in client.list_artifacts(patient_id, folder)}
+    assert files == {"checkpoints/last.pt", "weights/classifier.safetensors"}
     assert not (tmp_path / "state" / "metassl" / "runs" / patient_id).exists()  # the server has it all
 
     # The hasty run's status was not set: the server shows it RUNNING, `metassl runs` shows it DEAD.
