@@ -201,13 +201,14 @@ def run(
     else:
         from runner.tracking import recipe_of_run
 
-        cpu_isa.pin(recipe_of_run(resume, tracking_block(tracking_uri)).recipe.runtime.cpu_isa)  # type: ignore[arg-type]
+        store = tracking_block(tracking_uri)
+        cpu_isa.pin(recipe_of_run(resume, store).recipe.runtime.cpu_isa)  # type: ignore[arg-type]
     from runner.run import session
 
     if resume is not None and by_recipe:
         result = session.resume_latest(loaded)
     elif resume is not None:
-        result = session.resume(resume, tracking_block(tracking_uri))
+        result = session.resume(resume, store)
     else:
         from runner.studies import trial
 
