@@ -172,13 +172,8 @@ def execute(
                 checkpoint_file = checkpoint_path(local or Path(scratch))
                 if tracker is not None:
                     _announce(tracker, components, resume_run_id, state)
-                sampled = (
-                    system_metrics(recipe.tracking, tracker.run_id, resume=resume_run_id is not None)
-                    if tracker is not None
-                    else nullcontext()
-                )
-                with sampled:
-                    evaluation = train(components, opened, checkpoint_file, state, on_validation)
+                with system_metrics(recipe.tracking, tracker) if tracker is not None else nullcontext(opened) as logs:
+                    evaluation = train(components, logs, checkpoint_file, state, on_validation)
                 identical = replicas_identical(components)
                 if dist.any_rank(interrupts.requested()):
                     raise interrupts.Interrupted(f"interrupted after the last iteration ({state.iteration})")

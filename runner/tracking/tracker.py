@@ -53,7 +53,7 @@ class Tracker(Protocol):
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, Any], step: int, timestamp_ms: int | None = None) -> None: ...
     def log_dict(self, data: Any, artifact_file: str) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
@@ -76,7 +76,7 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int, timestamp_ms: int | None = None) -> None:
         pass
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
@@ -220,8 +220,8 @@ class MlflowTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._write(Write("tags", [[key, str(value)] for key, value in tags.items()]))
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, metrics: Mapping[str, Any], step: int, timestamp_ms: int | None = None) -> None:
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         items = [
             [key, _scalar(value), now, step]
             for key, value in metrics.items()
