@@ -110,6 +110,14 @@ class Distributed:
         torch_dist.all_gather_object(gathered, value)
         return gathered
 
+    def gather_batches(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's `tensor` (the same shape on each), concatenated along dim 0 in rank order: the global batch."""
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm statistics) on every rank, so that every rank evaluates and saves one model."""
         if self.enabled:

@@ -143,6 +143,11 @@ class Generative(MethodBase, AnyPolicyOptions, builder="runner.methods.generativ
         description="keep each bank row's image and regenerate it only after its latents change (same images,"
         " less generator time; holds bank_size images in memory)",
     )
+    render_batch: PositiveInt = Field(
+        default=16,
+        description="rows the cache renders per generator call, always this many (the last call padded): a row's"
+        " image then never depends on which rows were stale with it, so a resumed run renders it bit for bit",
+    )
 
     @model_validator(mode="after")
     def _policy_options_fit_unsup_loss(self) -> Generative:

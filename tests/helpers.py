@@ -50,6 +50,19 @@ def tracking_overrides(tmp_path: Path) -> list[str]:
     return ["-o", f"tracking.tracking_uri=sqlite:///{store}/mlflow.db", "-o", f"tracking.artifact_root={store}"]
 
 
+COSTS = (
+    "perf/",
+    "system/",
+    "synthetic/generated",
+)  # timings, machine samples, rows rendered (a resumed cache starts empty)
+
+
+def result_metrics(client: Any, run_id: str) -> dict[str, float]:
+    """Every metric's last value but its costs: what an exact resume or a re-run must reproduce."""
+    metrics = client.get_run(run_id).data.metrics
+    return {key: value for key, value in metrics.items() if not key.startswith(COSTS)}
+
+
 def kill_after_first_checkpoint(store: Path, *args: str, timeout: float = 120) -> Path:
     """Start `metassl ARGS` (its store under `store`), SIGKILL it once a checkpoint exists; that checkpoint."""
     process = subprocess.Popen(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from torch import nn
 from runner import distributed
 from runner.classifiers.base import Classifier
 from runner.distributed import SINGLE, Distributed
+from runner.methods.confidence import ConfidencePolicy, make_policy
 from runner.run.train_step import grad_scaler, train_step
+from schemas.confidence import AnyPolicyOptions
 from tests.method_toys import SIZE, TinyGenerator, ToyData, tiny_classifier, toy_components
 
 pytestmark = pytest.mark.slow
@@ -160,3 +163,51 @@ def test_one_process_has_no_process_group() -> None:
     assert distributed.current() == SINGLE and not torch_dist.is_initialized()
     assert distributed.rank_seed(7, 0) == 7 and distributed.rank_seed(7, 1) != 7
     assert SINGLE.on_main(lambda: 3) == 3 and SINGLE.any_rank(True)
+
+
+POLICY_CLASSES, POLICY_POOL, POLICY_STEPS = 4, 12, 5
+
+
+def _policy_batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Rank `rank`'s (probabilities, pool indices) for each step: its own draws."""
+    rng = torch.Generator().manual_seed(100 + rank)
+    per_rank = BATCH // WORLD
+    return [
+        (
+            torch.softmax(3 * torch.randn(per_rank, POLICY_CLASSES, generator=rng), dim=1),
+            torch.randint(POLICY_POOL, (per_rank,), generator=rng),
+        )
+        for _ in range(POLICY_STEPS)
+    ]
+
+
+def _learn(policy: ConfidencePolicy, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for probs, index in batches:
+        policy.weigh(policy.align(probs, learn=True), index, learn=True)
+
+
+def _policy_worker(dist: Distributed, tmp_path: Path, name: str) -> None:
+    options = AnyPolicyOptions(threshold=0.5)
+    make = partial(make_policy, name, options, POLICY_CLASSES, POLICY_POOL, torch.device("cpu"))
+    shared = make(dist.gather_batches)
+    _learn(shared, _policy_batches(dist.rank))
+    # One process given every rank's rows, step by step, learns the same state.
+    global_batches = [
+        (torch.cat([probs for probs, _ in step]), torch.cat([index for _, index in step]))
+        for step in zip(*(_policy_batches(rank) for rank in range(WORLD)), strict=True)
+    ]
+    alone = make()
+    _learn(alone, global_batches)
+    state = shared.state_dict()
+    assert state.keys() == alone.state_dict().keys() and state
+    for key, value in alone.state_dict().items():
+        assert torch.equal(state[key], value), key
+    states = dist.gather_objects(state)
+    assert all(torch.equal(states[0][key], states[1][key]) for key in state)
+
+
+@pytest.mark.parametrize("name", ["flexmatch", "freematch", "softmatch"])
+def test_a_confidence_policy_learns_from_the_global_batch_on_every_rank(tmp_path: Path, name: str) -> None:
+    """FlexMatch's records, FreeMatch's and SoftMatch's EMAs: every rank ends with one process's state on the
+    concatenated batches, so the replicas stay identical."""
+    spawn(_policy_worker, tmp_path, name)

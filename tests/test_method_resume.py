@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from runner.run.checkpoint import load_checkpoint
-from tests.helpers import kill_after_first_checkpoint, metassl, tracking_overrides
+from tests.helpers import kill_after_first_checkpoint, metassl, result_metrics, tracking_overrides
 from tests.method_toys import store_client, write_tiny_metassl_recipe
 
 pytestmark = pytest.mark.slow
 
 ITERATIONS = 24
+WARMUP = 3  # the tiny recipe's
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +30,10 @@ def run_id_of(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout.strip().splitlines()[-1].split()[1]
 
 
-def final_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
-    """Every metric's last value, except timings."""
-    metrics = client.get_run(run_id).data.metrics
-    return {key: value for key, value in metrics.items() if not key.startswith("perf/")}
-
-
 def test_killed_metassl_run_resumes_to_the_same_final_metrics(recipe: Path, tmp_path: Path) -> None:
     reference_store = tmp_path / "reference"
     uninterrupted = run_id_of(metassl("run", str(recipe), *tracking_overrides(reference_store)))
-    expected = final_metrics(store_client(reference_store), uninterrupted)
+    expected = result_metrics(store_client(reference_store), uninterrupted)
     assert {"meta/loss", "loss/unsup", "final/test_accuracy"} <= expected.keys()  # the meta and SSL phases ran
 
     store = tmp_path / "killed"
@@ -48,13 +42,13 @@ def test_killed_metassl_run_resumes_to_the_same_final_metrics(recipe: Path, tmp_
     client = store_client(store)
     assert client.get_run(killed).info.status == "RUNNING"  # killed mid-run, not finished
     stopped_at = load_checkpoint(checkpoint)["iteration"]  # type: ignore[index]
-    assert stopped_at < ITERATIONS
+    assert WARMUP < stopped_at < ITERATIONS  # after meta-steps and cached renders
 
     resumed = metassl("run", "--resume", str(recipe), *tracking_overrides(store))
     assert run_id_of(resumed) == killed
     assert f"resuming run {killed} at iteration {stopped_at}" in resumed.stderr
     assert client.get_run(killed).info.status == "FINISHED"
-    assert final_metrics(client, killed) == expected
+    assert result_metrics(client, killed) == expected
 
 
 @pytest.mark.parametrize("method", ["flexmatch", "freematch", "softmatch"])
@@ -76,7 +70,7 @@ def test_killed_real_data_ssl_run_resumes_its_confidence_policy_exactly(method: 
 
     reference_store = tmp_path / "reference"
     uninterrupted = run_id_of(metassl("run", str(recipe), *tracking_overrides(reference_store)))
-    expected = final_metrics(store_client(reference_store), uninterrupted)
+    expected = result_metrics(store_client(reference_store), uninterrupted)
     assert {"loss/unsup", "unsup/mask_rate", "final/test_accuracy"} <= expected.keys()
 
     store = tmp_path / "killed"
@@ -93,4 +87,4 @@ def test_killed_real_data_ssl_run_resumes_its_confidence_policy_exactly(method: 
     assert learned[method]()
     resumed = metassl("run", "--resume", str(recipe), *tracking_overrides(store))
     assert run_id_of(resumed) == killed
-    assert final_metrics(store_client(store), killed) == expected
+    assert result_metrics(store_client(store), killed) == expected

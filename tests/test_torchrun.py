@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RECIPES, ROOT, metassl, tracking_overrides
+from tests.helpers import RECIPES, ROOT, metassl, result_metrics, tracking_overrides
 from tests.method_toys import store_client, write_tiny_metassl_recipe
 
 pytestmark = pytest.mark.slow
@@ -31,11 +31,6 @@ def only_run(store: Path):  # type: ignore[no-untyped-def]
     runs = store_client(store).search_runs(experiment_ids=["1", "0"], max_results=10)
     assert len(runs) == 1, [run.info.run_id for run in runs]
     return runs[0]
-
-
-def final_metrics(store: Path, run_id: str) -> dict[str, float]:
-    metrics = store_client(store).get_run(run_id).data.metrics
-    return {key: value for key, value in metrics.items() if not key.startswith("perf/")}
 
 
 def start(command: list[str]) -> subprocess.Popen[str]:
@@ -93,10 +88,8 @@ def test_sigterm_to_torchrun_saves_the_run_and_resume_continues_it_exactly(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert only_run(tmp_path).info.status == "FINISHED"
     reference_store, reference_id = two_rank_run
-    # Exact before the rebase onto the recipes merge (cpu_isa, runs:/ sources); since then the `--resume RUN_ID` path
-    # ends ~1e-7 relative away (the elastic restart below, which resumes through `run RECIPE`, is still exact): open.
-    expected = final_metrics(reference_store, reference_id)
-    assert final_metrics(tmp_path, run.info.run_id) == pytest.approx(expected, rel=1e-5)
+    reference = result_metrics(store_client(reference_store), reference_id)
+    assert result_metrics(store_client(tmp_path), run.info.run_id) == reference
 
 
 def free_port() -> int:
@@ -147,4 +140,5 @@ def test_a_killed_rank_is_restarted_into_the_same_run(
         steps = [point.step for point in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {sorted(steps)}"
     reference_store, reference_id = two_rank_run
-    assert final_metrics(tmp_path, run.info.run_id) == final_metrics(reference_store, reference_id)
+    reference = result_metrics(store_client(reference_store), reference_id)
+    assert result_metrics(store_client(tmp_path), run.info.run_id) == reference

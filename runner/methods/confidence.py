@@ -15,16 +15,26 @@ that weight and in what they remember between steps:
 
 A policy's state is tensors only, so it travels in the method's state_dict and a checkpoint (weights_only).
 `learn=False` weighs with the current state without changing it (the meta phase's virtual losses).
+Under torchrun a policy learns from the global batch: `gather` concatenates every rank's rows (the identity on one
+process), so each rank updates the same statistics from the same rows, and the ranks' states stay identical.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from runner.methods.losses import full
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def one_process(rows: torch.Tensor) -> torch.Tensor:
+    """The global batch of a single process: its own rows."""
+    return rows
 
 
 class ConfidencePolicy:
@@ -32,8 +42,9 @@ class ConfidencePolicy:
 
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, gather: Gather = one_process) -> None:
         self.threshold = threshold
+        self.gather = gather  # this rank's batch rows -> every rank's (Distributed.gather_batches)
 
     def align(self, probs: torch.Tensor, learn: bool) -> torch.Tensor:
         """The probabilities the pseudo-label and the weight are read from (SoftMatch aligns them)."""
@@ -78,9 +89,16 @@ class FlexMatchPolicy(ConfidencePolicy):
     state_names = ("selected",)
 
     def __init__(
-        self, threshold: float, warmup: bool, mapping: str, num_classes: int, pool_size: int, device: torch.device
+        self,
+        threshold: float,
+        warmup: bool,
+        mapping: str,
+        num_classes: int,
+        pool_size: int,
+        device: torch.device,
+        gather: Gather = one_process,
     ) -> None:
-        super().__init__(threshold)
+        super().__init__(threshold, gather)
         self.warmup, self.mapping, self.num_classes = warmup, MAPPINGS[mapping], num_classes
         self.selected = torch.full((pool_size,), -1, dtype=torch.long, device=device)
 
@@ -102,7 +120,9 @@ class FlexMatchPolicy(ConfidencePolicy):
         if learn:
             if index is None:
                 raise ValueError("flexmatch remembers each image's prediction: pass the images' pool indices")
-            self.record(index.to(self.selected.device), pseudo, confidence >= self.threshold)
+            confident = (confidence >= self.threshold).long()
+            rows = self.gather(torch.stack([index.to(pseudo.device), pseudo, confident], dim=1))
+            self.record(rows[:, 0].to(self.selected.device), rows[:, 1], rows[:, 2].bool())
         return weight
 
     def record(self, index: torch.Tensor, pseudo: torch.Tensor, confident: torch.Tensor) -> None:
@@ -125,8 +145,15 @@ class FreeMatchPolicy(ConfidencePolicy):
 
     state_names = ("global_threshold", "class_probs", "class_histogram")
 
-    def __init__(self, ema_decay: float, fairness_weight: float, num_classes: int, device: torch.device) -> None:
-        super().__init__(threshold=0.0)
+    def __init__(
+        self,
+        ema_decay: float,
+        fairness_weight: float,
+        num_classes: int,
+        device: torch.device,
+        gather: Gather = one_process,
+    ) -> None:
+        super().__init__(0.0, gather)
         self.decay, self.fairness_weight, self.num_classes = ema_decay, fairness_weight, num_classes
         uniform = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64, device=device)
         self.global_threshold = torch.tensor(1.0 / num_classes, dtype=torch.float64, device=device)
@@ -139,8 +166,8 @@ class FreeMatchPolicy(ConfidencePolicy):
     def weigh(self, probs: torch.Tensor, index: torch.Tensor | None, learn: bool) -> torch.Tensor:
         confidence, pseudo = probs.max(dim=1)
         if learn:
-            decay, batch = self.decay, probs.detach().to(torch.float64)
-            histogram = torch.bincount(pseudo, minlength=self.num_classes).to(torch.float64) / len(pseudo)
+            decay, batch, labels = self.decay, self.gather(probs.detach().to(torch.float64)), self.gather(pseudo)
+            histogram = torch.bincount(labels, minlength=self.num_classes).to(torch.float64) / len(labels)
             self.global_threshold.mul_(decay).add_((1 - decay) * batch.max(dim=1).values.mean())
             self.class_probs.mul_(decay).add_((1 - decay) * batch.mean(dim=0))
             self.class_histogram.mul_(decay).add_((1 - decay) * histogram)
@@ -187,9 +214,15 @@ class SoftMatchPolicy(ConfidencePolicy):
     state_names = ("confidence_mean", "confidence_var", "mean_probs", "aligned_batches")
 
     def __init__(
-        self, ema_decay: float, n_sigma: float, uniform_alignment: bool, num_classes: int, device: torch.device
+        self,
+        ema_decay: float,
+        n_sigma: float,
+        uniform_alignment: bool,
+        num_classes: int,
+        device: torch.device,
+        gather: Gather = one_process,
     ) -> None:
-        super().__init__(threshold=0.0)
+        super().__init__(0.0, gather)
         self.decay, self.n_sigma, self.uniform_alignment = ema_decay, n_sigma, uniform_alignment
         self.confidence_mean = torch.tensor(1.0 / num_classes, dtype=torch.float64, device=device)
         self.confidence_var = torch.tensor(1.0, dtype=torch.float64, device=device)
@@ -200,7 +233,7 @@ class SoftMatchPolicy(ConfidencePolicy):
         if not self.uniform_alignment:
             return probs
         if learn:
-            batch_mean = probs.detach().to(torch.float64).mean(dim=0)
+            batch_mean = self.gather(probs.detach().to(torch.float64)).mean(dim=0)
             moved = self.mean_probs * self.decay + (1 - self.decay) * batch_mean
             self.mean_probs.copy_(torch.where(self.aligned_batches == 0, batch_mean, moved))  # no host sync
             self.aligned_batches += 1
@@ -210,7 +243,7 @@ class SoftMatchPolicy(ConfidencePolicy):
     def weigh(self, probs: torch.Tensor, index: torch.Tensor | None, learn: bool) -> torch.Tensor:
         confidence = probs.max(dim=1).values
         if learn:
-            batch = confidence.detach().to(torch.float64)
+            batch = self.gather(confidence.detach().to(torch.float64))
             self.confidence_mean.mul_(self.decay).add_((1 - self.decay) * batch.mean())
             if len(batch) > 1:  # the unbiased variance needs two images
                 self.confidence_var.mul_(self.decay).add_((1 - self.decay) * batch.var(correction=1))
@@ -228,16 +261,26 @@ class SoftMatchPolicy(ConfidencePolicy):
         }
 
 
-def make_policy(name: str, options: Any, num_classes: int, pool_size: int, device: torch.device) -> ConfidencePolicy:
-    """The policy `name` (a method's name, or a generative method's unsup_loss) with its options from `options`."""
+def make_policy(
+    name: str,
+    options: Any,
+    num_classes: int,
+    pool_size: int,
+    device: torch.device,
+    gather: Gather = one_process,
+) -> ConfidencePolicy:
+    """The policy `name` (a method's name, or a generative method's unsup_loss) with its options from `options`;
+    `gather` gives it the global batch under torchrun."""
     if name == "fixmatch":
-        return ConfidencePolicy(options.threshold)
+        return ConfidencePolicy(options.threshold, gather)
     if name == "flexmatch":
         return FlexMatchPolicy(
-            options.threshold, options.threshold_warmup, options.mapping, num_classes, pool_size, device
+            options.threshold, options.threshold_warmup, options.mapping, num_classes, pool_size, device, gather
         )
     if name == "freematch":
-        return FreeMatchPolicy(options.ema_decay, options.fairness_weight, num_classes, device)
+        return FreeMatchPolicy(options.ema_decay, options.fairness_weight, num_classes, device, gather)
     if name == "softmatch":
-        return SoftMatchPolicy(options.ema_decay, options.n_sigma, options.uniform_alignment, num_classes, device)
+        return SoftMatchPolicy(
+            options.ema_decay, options.n_sigma, options.uniform_alignment, num_classes, device, gather
+        )
     raise ValueError(f"unknown confidence policy '{name}'")

@@ -32,7 +32,9 @@ class FixMatch(Method):
                 f"method.name: '{config.name}' needs real unlabeled images, and this data split has none;"
                 " use a dataset with unlabeled images or a generative method"
             )
-        self.policy = make_policy(config.name, config, data.num_classes, data.unlabeled_count, data.device)
+        self.policy = make_policy(
+            config.name, config, data.num_classes, data.unlabeled_count, data.device, ctx.dist.gather_batches
+        )
         self.unsup = PseudoLabelLoss(self.policy)
 
     def ssl_loss(

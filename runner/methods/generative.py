@@ -33,10 +33,12 @@ class Generative(Method):
         self.policy: ConfidencePolicy | None = None
         if config.unsup_loss in POLICIES:  # a pseudo-label loss on the synthetic batch; the bank rows are its pool
             data = ctx.data
-            self.policy = make_policy(config.unsup_loss, config, data.num_classes, len(self.bank), data.device)
+            self.policy = make_policy(
+                config.unsup_loss, config, data.num_classes, len(self.bank), data.device, ctx.dist.gather_batches
+            )
         self.unsup = make_unsup_loss(config.unsup_loss, config.stop_grad, self.policy)
         self.initial_noise = self.bank.noise.detach().clone()
-        self.cache = SampleCache(self.bank, self.render) if config.cache_samples else None
+        self.cache = SampleCache(self.bank, self.render, config.render_batch) if config.cache_samples else None
         self.grid_rows = torch.arange(min(config.grid_size, len(self.bank)), device=self.bank.noise.device)
         self.initial_grid_latents = self.bank.batch(self.grid_rows)
         self._initial_grid_logged = False
