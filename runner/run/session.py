@@ -128,6 +128,7 @@ def _log_run_outputs(tracker: MlflowTracker, components: Components, evaluation:
             path = Path(tmp) / "classifier.safetensors"
             save_file(weights, str(path), metadata={"classifier": components.recipe.classifier.name})
             tracker.log_artifact(path, WEIGHTS_ARTIFACT.rpartition("/")[0])
+            tracker.wait_for_server()  # MLflow's model calls go to the server directly, not through the queue
             log_model(tracker, components, path, state.iteration, run_tags(components.recipe))
 
 

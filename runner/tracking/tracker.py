@@ -191,6 +191,12 @@ class MlflowTracker:
                 return
         self.ended_as = status
 
+    def wait_for_server(self) -> None:
+        """Before a call that cannot be queued: send what is queued, waiting out an outage up to
+        `tracking.server_wait` (then `TrackingOutage`, one line, the run safe in its local folder)."""
+        if self.outbox is not None:
+            self.outbox.drain()
+
     @classmethod
     def attach(cls, tracking: Tracking, run_id: str) -> MlflowTracker:
         """Log more to an existing run without touching its status (a sweep's parent, a report)."""
