@@ -9,6 +9,15 @@ folder of its own (timed), then `metassl run` on it (timed: training only). Once
 the natively pretrained generator, which tells whether the numbers part in pretraining or in training.
 Printed: the accuracy of each run (all digits), the generator's weights digest, and the time ratio
 avx2 / native per stage (median over repeats).
+
+The same numbers with and without AVX-512, on one machine: the same command with `--emulate EPYC` runs it all on
+an emulated AMD CPU without AVX-512 (qemu-user, some 100x slower, so keep it short), e.g.
+
+    python benchmarks/cpu_isa.py --pretrain-iterations 20 --iterations 8 --repeats 1 --threads 1
+    python benchmarks/cpu_isa.py --pretrain-iterations 20 --iterations 8 --repeats 1 --threads 1 --emulate EPYC \
+        --modes avx2
+
+`avx2` must give one accuracy and one generator digest in both; `native` differs where AVX-512 code ran.
 """
 
 from __future__ import annotations
@@ -37,10 +46,13 @@ MODES = ("native", "avx2")
 FINISHED = re.compile(r"finished: test accuracy (\d\.\d+)")
 
 
+EMULATOR: list[str] = []  # --emulate: every command under qemu-user, on an emulated CPU
+
+
 def metassl(*args: str) -> tuple[str, float]:
     started = time.perf_counter()
     process = subprocess.run(
-        [sys.executable, "-m", "runner.cli", *args],
+        [*EMULATOR, sys.executable, "-m", "runner.cli", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
@@ -66,7 +78,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--emulate",
+        metavar="CPU",
+        help="run every command under `qemu-x86_64 -cpu CPU` (Debian's qemu-user), e.g. EPYC, an AMD CPU without"
+        " AVX-512: the same numbers on a CPU without it, on this machine (slow: no timing, no crossed run)",
+    )
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="the modes to run")
     args = parser.parse_args()
+    if args.emulate:
+        EMULATOR.extend(["qemu-x86_64", "-cpu", args.emulate])
     scratch = Path(tempfile.mkdtemp(prefix="metassl-cpu-isa-"))
     common = [
         f"generator.pretrain.iterations={args.pretrain_iterations}",
@@ -85,7 +106,7 @@ def main() -> None:
 
     rows: list[dict[str, object]] = []
     for repeat in range(args.repeats):
-        for mode in MODES if repeat % 2 == 0 else reversed(MODES):
+        for mode in args.modes if repeat % 2 == 0 else reversed(args.modes):
             generator = scratch / f"generator-{mode}-{repeat}"
             _, pretrain_seconds = metassl("pretrain", str(RECIPE), *options(mode, generator))
             stdout, train_seconds = metassl("run", str(RECIPE), *options(mode, generator))
@@ -100,19 +121,23 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    native_generator = scratch / "generator-native-0"
-    stdout, _ = metassl("run", str(RECIPE), *options("avx2", native_generator))
-    crossed = {"mode": "avx2", "generator_pretrained_with": "native", "accuracy": FINISHED.search(stdout).group(1)}  # type: ignore[union-attr]
-    print(json.dumps(crossed), flush=True)
+    crossed: dict[str, str] = {}
+    if not args.emulate and set(args.modes) == set(MODES):
+        native_generator = scratch / "generator-native-0"
+        stdout, _ = metassl("run", str(RECIPE), *options("avx2", native_generator))
+        crossed = {"mode": "avx2", "generator_pretrained_with": "native", "accuracy": FINISHED.search(stdout).group(1)}  # type: ignore[union-attr]
+        print(json.dumps(crossed), flush=True)
 
     def median(mode: str, key: str) -> float:
         return statistics.median(float(row[key]) for row in rows if row["mode"] == mode)  # type: ignore[arg-type]
 
-    ratios = {key: round(median("avx2", key) / median("native", key), 3) for key in ("pretrain_s", "train_s")}
+    both = set(args.modes) == set(MODES)
+    ratios = {key: round(median("avx2", key) / median("native", key), 3) for key in ("pretrain_s", "train_s") if both}
     summary = {
         "command": " ".join(sys.argv),
         "git_commit": git_commit(ROOT),
         "cpu": cpu_isa.cpu_model(),
+        "emulated_cpu": args.emulate,
         "vector_extensions": cpu_isa.vector_extensions(),
         "python": platform.python_version(),
         "rows": rows,
@@ -120,15 +145,17 @@ def main() -> None:
         "time_ratio_avx2_over_native": ratios,
         "load_average_at_end": os.getloadavg(),
     }
-    print(
-        f"\ntime avx2 / native (median of {args.repeats}): pretraining {ratios['pretrain_s']}, training"
-        f" {ratios['train_s']}"
-    )
-    for mode in MODES:
+    if ratios:
+        print(
+            f"\ntime avx2 / native (median of {args.repeats}): pretraining {ratios['pretrain_s']}, training"
+            f" {ratios['train_s']}"
+        )
+    for mode in args.modes:
         accuracies = sorted({str(row["accuracy"]) for row in rows if row["mode"] == mode})
         digests = sorted({str(row["generator_digest"]) for row in rows if row["mode"] == mode})
         print(f"{mode}: accuracy {', '.join(accuracies)}; generator {', '.join(digests)}")
-    print(f"avx2 training on the native generator: accuracy {crossed['accuracy']}")
+    if crossed:
+        print(f"avx2 training on the native generator: accuracy {crossed['accuracy']}")
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2) + "\n")
 
