@@ -17,7 +17,8 @@ an emulated AMD CPU without AVX-512 (qemu-user, some 100x slower, so keep it sho
     python benchmarks/cpu_isa.py --pretrain-iterations 20 --iterations 8 --repeats 1 --threads 1 --emulate EPYC \
         --modes avx2
 
-`avx2` must give one accuracy and one generator digest in both; `native` differs where AVX-512 code ran.
+`avx2` should give one accuracy and one generator digest in both; `native` differs where AVX-512 code ran.
+(At 5adcdc3 it did not: see docs/RESULTS.md, "The same number with and without AVX-512".)
 """
 
 from __future__ import annotations
