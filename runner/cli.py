@@ -610,8 +610,10 @@ def run_cli(argv: list[str] | None = None) -> int:
         where = exc.ctx.command_path if exc.ctx is not None else "metassl"
         typer.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
         code = 2
-    except typer.Abort:
-        typer.echo("interrupted", err=True)
+    except (typer.Abort, KeyboardInterrupt) as exc:  # a signal before the command's own handling starts
+        from runner.run.interrupts import Interrupted
+
+        typer.echo(str(exc) if isinstance(exc, Interrupted) else "interrupted", err=True)
         code = 130
     return code if isinstance(code, int) else 0
 
