@@ -10,6 +10,8 @@
 # Two cores: two children at a time, one thread each.
 # METHODS picks the methods of the select and final stages (default: all of them), e.g. only the real-data SSL
 # methods with confidence policies: METHODS="flexmatch freematch softmatch" STAGE=select bash benchmarks/...
+# In the final stage, "generative-random" or "generative-pseudo" picks one of the generative baseline's two latent
+# samplers ("generative" runs both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${STAGE:-select}
@@ -101,9 +103,11 @@ if [ "$STAGE" = final ]; then
       wanted flexmatch && sweep "final-$bench-$labels-flexmatch" "${P}_flexmatch.yaml" "${E[@]}" "${FLEXMATCH[@]}"
       wanted freematch && sweep "final-$bench-$labels-freematch" "${P}_freematch.yaml" "${E[@]}" "${FREEMATCH[@]}"
       wanted softmatch && sweep "final-$bench-$labels-softmatch" "${P}_softmatch.yaml" "${E[@]}" "${SOFTMATCH[@]}"
-      if wanted generative; then
+      if wanted generative || wanted generative-random; then
         sweep "final-$bench-$labels-generative-random" "${P}_generative.yaml" "${E[@]}" \
           -o method.latents.classes=random "${RANDOM_LATENTS[@]}"
+      fi
+      if wanted generative || wanted generative-pseudo; then
         sweep "final-$bench-$labels-generative-pseudo" "${P}_generative.yaml" "${E[@]}" \
           -o method.latents.classes=pseudo "${PSEUDO_LATENTS[@]}"
       fi
