@@ -15,10 +15,11 @@ events around it, and how many differ in all (fresh allocations left out).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
+
+from kernel_digests import digest  # this folder's: the same digest of a tensor's bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,9 +37,7 @@ def trace(output: Path, command: list[str]) -> int:
         tensors = value if isinstance(value, (tuple, list)) else (value,)
         for position, tensor in enumerate(tensors):
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.device.type == "cpu":
-                data = tensor.detach().contiguous().numpy().tobytes()
-                digest = hashlib.sha256(data).hexdigest()[:12]
-                lines.append(f"{len(lines)} {what}[{position}] {tuple(tensor.shape)} {digest}")
+                lines.append(f"{len(lines)} {what}[{position}] {tuple(tensor.shape)} {digest(tensor)}")
 
     class EveryOperator(TorchDispatchMode):
         """Sees every ATen operator that runs, forward and backward, with its outputs."""
@@ -69,8 +68,7 @@ def compare(first: Path, second: Path) -> int:
         return 0
     start = differing[0]
     for i in range(max(0, start - 5), min(start + 5, len(a), len(b))):
-        mark = "  " if a[i] == b[i] else "!="
-        print(f"{mark} {a[i]}\n{'':2} {b[i]}" if mark == "!=" else f"{mark} {a[i]}")
+        print(f"   {a[i]}" if a[i] == b[i] else f"!= {a[i]}\n   {b[i]}")
     return 1
 
 
