@@ -164,8 +164,11 @@ def test_sigterm_just_after_training_ends_cleanly(tmp_path: Path):
 @pytest.mark.slow
 def test_sigkilled_run_shows_dead_and_resumes_with_every_step_once(tmp_path: Path, uninterrupted: dict[str, float]):
     process = start("run", DIGITS, *SCHEDULE, *tracking_overrides(tmp_path))
-    # Kill once metrics were logged past the last checkpoint (a multiple of 50): a resume replays those steps.
-    wait_for(lambda: last_step(tmp_path) > 50 and last_step(tmp_path) % 50 != 0, process)
+    # Kill once metrics were logged past the last checkpoint (a multiple of 50), at least two logs short of the
+    # next one: a resume replays those steps. SIGSTOP freezes the run at once, so the slow status check below can't
+    # let it reach the next checkpoint on a loaded machine.
+    wait_for(lambda: last_step(tmp_path) > 50 and 0 < last_step(tmp_path) % 50 <= 30, process)
+    process.send_signal(signal.SIGSTOP)
     client = client_for(tmp_path)
     (alive,) = client.search_runs([client.get_experiment_by_name("metassl").experiment_id])
     assert shown_status(alive) == "RUNNING"  # what `metassl runs` shows while the process lives

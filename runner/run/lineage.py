@@ -50,5 +50,21 @@ def dataset_inputs(data: DeviceData, dataset: str, seed: int) -> list[Any]:
     ]
 
 
-def log_datasets(client: Any, run_id: str, data: DeviceData, dataset: str, seed: int) -> None:
-    client.log_inputs(run_id, datasets=dataset_inputs(data, dataset, seed))
+def _lost_insert_race(error: Exception) -> bool:
+    """MLflow's log_inputs looks a dataset up, then inserts it if missing: two runs of one experiment logging the
+    same dataset at the same moment both insert, and one fails on the unique key (SQLite or PostgreSQL wording)."""
+    text = str(error)
+    return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text
+
+
+def log_datasets(client: Any, run_id: str, data: DeviceData, dataset: str, seed: int, attempts: int = 3) -> None:
+    from mlflow.exceptions import MlflowException
+
+    inputs = dataset_inputs(data, dataset, seed)
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:  # the whole insert rolled back; a retry finds the winner's rows and reuses them
+            if attempt == attempts - 1 or not _lost_insert_race(error):
+                raise
