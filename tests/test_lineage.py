@@ -38,7 +38,7 @@ def test_runs_logging_one_dataset_at_once_all_succeed_and_share_it(tmp_path: Pat
             barrier.wait()
             try:
                 log_datasets(client, run_id, data, "digits", seed=0)  # type: ignore[arg-type]
-            except BaseException as error:  # noqa: BLE001 (collected and asserted below)
+            except BaseException as error:  # collected and asserted below
                 failures.append(error)
 
         threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]

@@ -65,6 +65,6 @@ def log_datasets(client: Any, run_id: str, data: DeviceData, dataset: str, seed:
         try:
             client.log_inputs(run_id, datasets=inputs)
             return
-        except MlflowException as error:  # the whole insert rolled back; a retry finds the winner's rows and reuses them
+        except MlflowException as error:  # rolled back whole: a retry reuses the winner's rows
             if attempt == attempts - 1 or not _lost_insert_race(error):
                 raise
