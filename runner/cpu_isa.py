@@ -69,6 +69,11 @@ def pinned_environment() -> dict[str, str]:
     return {key: os.environ[key] for key in AVX2_ENVIRONMENT if key in os.environ}
 
 
+def portable() -> bool:
+    """Whether this process runs in portable mode: every pin of `cpu_isa: avx2` in its environment."""
+    return all(os.environ.get(key) == value for key, value in AVX2_ENVIRONMENT.items())
+
+
 def _check_machine() -> None:
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):

@@ -65,3 +65,40 @@ def test_pinned_before_torch_the_kernels_are_avx2():
     assert capability == "AVX2"
     native_capability, _ = probe("native")
     assert native_capability == ("AVX512" if "avx512f" in cpu_isa.cpu_flags() else "AVX2")
+
+
+# portable.sqrt against numpy's (correctly rounded) square root, and whether Adam is torch's fused kernel.
+PORTABLE_PROBE = """
+import sys
+from runner import cpu_isa
+cpu_isa.pin(sys.argv[1])
+import numpy as np, torch
+from runner.common import portable
+from runner.run.optim import build_optimizer
+from schemas.training import Optimizer
+x = torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 10
+exact = float((portable.sqrt(x).numpy() == np.sqrt(x.numpy())).mean())
+fused = [bool(o.defaults["fused"]) for o in (
+    build_optimizer(Optimizer(name="adam", lr=0.1), torch.nn.Linear(2, 2)),
+    build_optimizer(Optimizer(name="adamw", lr=0.1), torch.nn.Linear(2, 2)),
+    portable.adam(torch.nn.Linear(2, 2).parameters(), lr=0.1),
+)]
+print(cpu_isa.portable(), exact, *fused)
+"""
+
+
+@pytest.mark.skipif(not X86_WITH_AVX2, reason="the AVX2 pin is for x86-64 CPUs with AVX2")
+@pytest.mark.parametrize("mode", ["avx2", "native"])
+def test_portable_mode_takes_exact_square_roots_and_fused_adam(mode: str):
+    process = subprocess.run(
+        [sys.executable, "-c", PORTABLE_PROBE, mode], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    portable, exact, *fused = process.stdout.split()
+    if mode == "avx2":
+        assert portable == "True"
+        assert float(exact) == 1.0  # every value correctly rounded
+        assert fused == ["True", "True", "True"]
+    else:  # native mode keeps torch's defaults, so its figures stay where they were
+        assert portable == "False"
+        assert fused == ["False", "False", "False"]

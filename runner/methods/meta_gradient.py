@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runner.common import portable
 from runner.methods.losses import UnsupLoss, full
 from runner.methods.resemblance import Resemblance
 from runner.methods.virtual_step import Params, functional_forward, virtual_step
@@ -154,7 +155,7 @@ def finite_difference_view_grads(
     val_after = val_loss_at(problem, theta_virtual)
     v = torch.autograd.grad(val_after, list(theta_virtual.values()), allow_unused=True)
     v = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(theta, v, strict=True))
-    eps = epsilon / torch.sqrt(sum(g.pow(2).sum() for g in v)).clamp_min(1e-12)
+    eps = epsilon / portable.sqrt(sum(g.pow(2).sum() for g in v)).clamp_min(1e-12)
 
     def moved(sign: float) -> Params:
         return {name: p + sign * eps * g for (name, p), g in zip(fixed.items(), v, strict=True)}

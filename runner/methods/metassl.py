@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from runner.common import portable
 from runner.distributed import local_batchnorm
 from runner.generators.base import Latents
 from runner.methods.base import Method, TrainContext
@@ -51,7 +52,7 @@ class MetaSSL(Generative):
                 torch.manual_seed(ctx.seed)
                 self.finder = LatentFinder(shapes, meta.finder_hidden, meta.latent_constraint, meta.clip)
             self.finder.to(self.bank.noise.device)
-            self.finder_optimizer = torch.optim.Adam(self.finder.parameters(), lr=meta.finder_lr)
+            self.finder_optimizer = portable.adam(self.finder.parameters(), lr=meta.finder_lr)
 
     def generated_latents(self, latents: Latents) -> Latents:
         return latents if self.finder is None else self.finder(latents)
@@ -127,14 +128,14 @@ class MetaSSL(Generative):
         if self.finder is None:
             self.bank.step(self.bank_optimizer, rows, dict(zip(latents, grads, strict=True)))
             self.bank.constrain(rows, meta.latent_constraint, meta.clip)
-            grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads) / len(rows))
+            grad_norm = portable.sqrt(sum(g.pow(2).sum() for g in grads) / len(rows))
         else:
             for parameter, grad in zip(leaves, grads, strict=True):
                 parameter.grad = grad
             self.finder_optimizer.step()
             self.finder_optimizer.zero_grad(set_to_none=True)
             self.bank.revision += 1  # every row's generated latents moved
-            grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            grad_norm = portable.sqrt(sum(g.pow(2).sum() for g in grads))
         return {**metrics, "meta/latent_grad_norm": grad_norm}
 
     def state_dict(self) -> dict[str, Any]:

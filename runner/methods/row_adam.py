@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from runner.common import portable
+
 
 class RowAdam:
     def __init__(
@@ -40,7 +42,7 @@ class RowAdam:
             v = exp_avg_sq[rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             exp_avg[rows] = m
             exp_avg_sq[rows] = v
-            denom = (v / correction2.view(shape)).sqrt_().add_(self.eps)
+            denom = portable.sqrt(v / correction2.view(shape)).add_(self.eps)
             param[rows] = param[rows] - self.lr * (m / correction1.view(shape)) / denom
 
     def state_dict(self) -> dict[str, Any]:

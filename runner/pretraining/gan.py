@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from runner.common import portable
 from runner.common.ema import EMA
 from runner.pretraining.discriminator import ProjectionDiscriminator
 from runner.pretraining.model import ConditionalGenerator
@@ -40,8 +41,8 @@ def train_gan(
     torch.manual_seed(pretrain.seed)
     channels, size = source.images.shape[1], source.images.shape[-1]
     discriminator = ProjectionDiscriminator(pretrain.clusters, channels, size, pretrain.base_channels).to(device)
-    optim_g = torch.optim.Adam(generator.parameters(), lr=pretrain.lr, betas=(0.0, 0.9))
-    optim_d = torch.optim.Adam(discriminator.parameters(), lr=2 * pretrain.lr, betas=(0.0, 0.9))
+    optim_g = portable.adam(generator.parameters(), lr=pretrain.lr, betas=(0.0, 0.9))
+    optim_d = portable.adam(discriminator.parameters(), lr=2 * pretrain.lr, betas=(0.0, 0.9))
     images = source.images.to(device) * 2.0 - 1.0
     clusters = source.clusters.to(device)
     grid_noise, grid_classes = grid_latents(pretrain.clusters, pretrain.seed, pretrain.noise_dim)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from runner.common import portable
 from schemas.training import LRSchedule, Optimizer
 
 
@@ -18,8 +19,8 @@ def build_optimizer(config: Optimizer, model: nn.Module) -> torch.optim.Optimize
     if config.name == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return portable.adam(groups, lr=config.lr)
+    return portable.adamw(groups, lr=config.lr)
 
 
 def lr_factor(config: LRSchedule, iteration: int, total: int) -> float:
