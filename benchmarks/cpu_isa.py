@@ -15,7 +15,10 @@ an emulated AMD CPU without AVX-512 (qemu-user, some 100x slower, so keep it sho
 
     python benchmarks/cpu_isa.py --pretrain-iterations 20 --iterations 8 --repeats 1 --threads 1
     python benchmarks/cpu_isa.py --pretrain-iterations 20 --iterations 8 --repeats 1 --threads 1 --emulate EPYC \
-        --modes avx2
+        --modes avx2 --qemu /opt/qemu10/usr/bin/qemu-x86_64
+
+(qemu 10: `dpkg-deb -x` of Debian 13's qemu-user package, whose binaries are static; Debian 12's qemu 7.2 crashes
+in the training stage.)
 
 `avx2` should give one accuracy and one generator digest in both; `native` differs where AVX-512 code ran.
 (At 5adcdc3 it did not: see docs/RESULTS.md, "The same number with and without AVX-512".)
@@ -85,10 +88,16 @@ def main() -> None:
         help="run every command under `qemu-x86_64 -cpu CPU` (Debian's qemu-user), e.g. EPYC, an AMD CPU without"
         " AVX-512: the same numbers on a CPU without it, on this machine (slow: no timing, no crossed run)",
     )
+    parser.add_argument(
+        "--qemu",
+        default="qemu-x86_64",
+        help="the qemu-user binary for --emulate. Debian 12's qemu 7.2 crashes (SIGSEGV) in ATen's AVX2 grid_sample"
+        " kernel, which strong augmentation uses; Debian 13's qemu-user 10.0 (static binaries) runs it",
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="the modes to run")
     args = parser.parse_args()
     if args.emulate:
-        EMULATOR.extend(["qemu-x86_64", "-cpu", args.emulate])
+        EMULATOR.extend([args.qemu, "-cpu", args.emulate])
     scratch = Path(tempfile.mkdtemp(prefix="metassl-cpu-isa-"))
     common = [
         f"generator.pretrain.iterations={args.pretrain_iterations}",
@@ -139,6 +148,9 @@ def main() -> None:
         "git_commit": git_commit(ROOT),
         "cpu": cpu_isa.cpu_model(),
         "emulated_cpu": args.emulate,
+        "emulator": subprocess.run([args.qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        if args.emulate
+        else None,
         "vector_extensions": cpu_isa.vector_extensions(),
         "python": platform.python_version(),
         "rows": rows,

@@ -23,6 +23,13 @@ def sqrt(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.sqrt()
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of `a` and of `b`. `torch.cdist` takes a square root inside."""
+    if cpu_isa.portable() and a.device.type == "cpu":
+        return (a.unsqueeze(1) - b.unsqueeze(0)).square().sum(-1)
+    return torch.cdist(a, b).square()
+
+
 def _fused() -> dict[str, bool]:
     return {"fused": True} if cpu_isa.portable() else {}
 

@@ -10,6 +10,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from runner.common import portable
+
 
 def _up(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
@@ -69,5 +71,5 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
         """Nearest-centroid logits: minus the squared distance to each cluster's mean image, in units of
         a quarter of the mean within-cluster squared distance. `images` in [0, 1] at the native size."""
         flat = images.flatten(1).to(self.centroids.dtype)
-        distances = torch.cdist(flat, self.centroids.flatten(1)).square()
+        distances = portable.squared_distances(flat, self.centroids.flatten(1))
         return -distances / (0.25 * self.centroid_scale)
