@@ -128,12 +128,16 @@ fi
 
 if [ "$STAGE" = report ]; then
   report() { python -m runner.cli report "$@" --tracking-uri "$STORE"; }
-  report phase-i-select --metric val/accuracy --output docs/results/phase_i/select
+  # REPORTS=final leaves docs/results/phase_i/select alone (for a store that holds another round's selection).
+  if [[ " ${REPORTS:-select final} " == *" select "* ]]; then
+    report phase-i-select --metric val/accuracy --output docs/results/phase_i/select
+  fi
   SSL_REFERENCES=()  # every real-data SSL method in METHODS is a reference row
   for ssl in fixmatch flexmatch freematch softmatch; do
     if wanted "$ssl"; then SSL_REFERENCES+=(--reference "$ssl"); fi
   done
   for bench in ${BENCHMARKS:-tops all10}; do
+    [[ " ${REPORTS:-select final} " == *" final "* ]] || continue
     report "phase-i-final-$bench" --reference generative,method.latents.classes=random \
       --reference generative,method.latents.classes=pseudo "${SSL_REFERENCES[@]}" --curve test/accuracy \
       --output "docs/results/phase_i/$bench"
