@@ -21,7 +21,8 @@ an emulated AMD CPU without AVX-512 (qemu-user, some 100x slower, so keep it sho
 in the training stage.)
 
 `avx2` should give one accuracy and one generator digest in both; `native` differs where AVX-512 code ran.
-(At 5adcdc3 it did not: see docs/RESULTS.md, "The same number with and without AVX-512".)
+Since portable mode's fused Adam and exact square roots (runner/common/portable.py) it does: docs/RESULTS.md,
+"The same number with and without AVX-512".
 """
 
 from __future__ import annotations

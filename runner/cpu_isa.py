@@ -7,6 +7,8 @@ accuracy on an AVX-512 machine. `cpu_isa: avx2` caps ATen and oneDNN at AVX2, wh
 has, and puts MKL in its vendor-independent mode.
 Each library reads its setting once, when torch (or the library) first starts: it must be in the environment
 before torch is imported, so the CLI pins it before it imports torch, and a run checks it took effect.
+What no pin reaches (`torch.sqrt`, whose bits depend on the CPU) portable mode replaces in
+runner/common/portable.py.
 Imports no torch.
 """
 
