@@ -22,6 +22,7 @@ COMMON=(-o runtime.threads=1 -o schedule.iterations="$ITERATIONS" -o schedule.ev
         -o data.validation.source=holdout -o data.validation.per_class=50 -o tracking.tracking_uri="$STORE")
 METHODS=${METHODS:-supervised fixmatch flexmatch freematch softmatch generative method}
 wanted() { [[ " $METHODS " == *" $1 "* ]]; }
+reporting() { [[ " ${REPORTS:-select final} " == *" $1 "* ]]; }  # REPORTS: which reports STAGE=report writes
 sweep() {  # sweep NAME RECIPE GRID... [-- OVERRIDES...]
   local name=$1 recipe=$2; shift 2
   python -m runner.cli sweep "$recipe" --name "$name" --jobs "$JOBS" "${COMMON[@]}" "$@"
@@ -129,17 +130,18 @@ fi
 if [ "$STAGE" = report ]; then
   report() { python -m runner.cli report "$@" --tracking-uri "$STORE"; }
   # REPORTS=final leaves docs/results/phase_i/select alone (for a store that holds another round's selection).
-  if [[ " ${REPORTS:-select final} " == *" select "* ]]; then
+  if reporting select; then
     report phase-i-select --metric val/accuracy --output docs/results/phase_i/select
   fi
   SSL_REFERENCES=()  # every real-data SSL method in METHODS is a reference row
   for ssl in fixmatch flexmatch freematch softmatch; do
     if wanted "$ssl"; then SSL_REFERENCES+=(--reference "$ssl"); fi
   done
-  for bench in ${BENCHMARKS:-tops all10}; do
-    [[ " ${REPORTS:-select final} " == *" final "* ]] || continue
-    report "phase-i-final-$bench" --reference generative,method.latents.classes=random \
-      --reference generative,method.latents.classes=pseudo "${SSL_REFERENCES[@]}" --curve test/accuracy \
-      --output "docs/results/phase_i/$bench"
-  done
+  if reporting final; then
+    for bench in ${BENCHMARKS:-tops all10}; do
+      report "phase-i-final-$bench" --reference generative,method.latents.classes=random \
+        --reference generative,method.latents.classes=pseudo "${SSL_REFERENCES[@]}" --curve test/accuracy \
+        --output "docs/results/phase_i/$bench"
+    done
+  fi
 fi

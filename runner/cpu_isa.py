@@ -73,7 +73,7 @@ def pinned_environment() -> dict[str, str]:
 
 def portable() -> bool:
     """Whether this process runs in portable mode: every pin of `cpu_isa: avx2` in its environment."""
-    return all(os.environ.get(key) == value for key, value in AVX2_ENVIRONMENT.items())
+    return pinned_environment() == AVX2_ENVIRONMENT
 
 
 def _check_machine() -> None:
@@ -95,8 +95,7 @@ def pin(cpu_isa: str) -> None:
         return
     import torch
 
-    wrong = {key: value for key, value in AVX2_ENVIRONMENT.items() if os.environ.get(key) != value}
-    if torch.backends.cpu.get_cpu_capability() != "AVX2" or wrong:
+    if torch.backends.cpu.get_cpu_capability() != "AVX2" or not portable():
         settings = " ".join(f"{key}={value}" for key, value in AVX2_ENVIRONMENT.items())
         raise UserError(
             "runtime.cpu_isa: 'avx2' must be set before torch starts, and this process started it with"
